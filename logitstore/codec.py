@@ -1,0 +1,285 @@
+"""Physical encoding of records, shared by the Parquet and Zarr backends.
+
+Records of consecutive sequences are flattened into a few columns (:class:`Columns`) of small unsigned integers
+that a byte-shuffling zstd stage compresses well:
+
+- ``ids`` (uint32): in ``id`` order (sample, dense) the first id of a position and then the gaps to the previous
+  id; in ``rank`` order (topk, topp) the ids themselves. Not stored for dense (they are ``0..V-1``).
+- ``logprobs``: lossless float32, or ``q16`` codes ``round(-logprob / step)``; in ``rank`` order the codes are
+  non-decreasing within a position, so they are stored as gaps too. Code 65535 is ``-inf``.
+- ``counts`` (uint16, sample), ``nnz`` (uint32), ``input_ids`` (int32), ``lse`` / ``proposal_lse`` (float32).
+
+Everything but q16 logprobs round-trips exactly; q16 logprobs are within the spec's ``error_bound``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from logitstore.errors import InvalidInputError
+from logitstore.keys import KEY_BYTES, content_key
+from logitstore.record import Record
+from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF, Spec
+
+# The quantization step sits a hair below 2 * error_bound so that float rounding can never push an error past it.
+_STEP_MARGIN = 1.0 - 2.0**-10
+
+
+@dataclass
+class Columns:
+    """Physical columns of ``n`` consecutive sequences (flattened: ``P`` positions, ``E`` entries)."""
+
+    seq_ids: np.ndarray  # [n] int64
+    keys: np.ndarray  # [n, 16] uint8
+    lengths: np.ndarray  # [n] int64, positions per sequence
+    num_entries: np.ndarray  # [n] int64, entries per sequence
+    input_ids: np.ndarray  # [P] int32
+    lse: np.ndarray  # [P] float32
+    nnz: np.ndarray  # [P] uint32
+    ids: np.ndarray | None  # [E] uint32 (None for dense)
+    logprobs: np.ndarray  # [E] uint16 (q16) or float32
+    counts: np.ndarray | None  # [E] uint16 (sample)
+    proposal_lse: np.ndarray | None  # [P] float32
+
+    def __len__(self) -> int:
+        return int(self.seq_ids.shape[0])
+
+    def slice(self, start: int, stop: int) -> Columns:
+        """Sequences ``start..stop-1`` of these columns (views, no copies)."""
+        tok = np.concatenate([[0], np.cumsum(self.lengths)])
+        ent = np.concatenate([[0], np.cumsum(self.num_entries)])
+        a, b, c, d = int(tok[start]), int(tok[stop]), int(ent[start]), int(ent[stop])
+
+        def cut(x: np.ndarray | None, lo: int, hi: int) -> np.ndarray | None:
+            return None if x is None else x[lo:hi]
+
+        return Columns(
+            seq_ids=self.seq_ids[start:stop],
+            keys=self.keys[start:stop],
+            lengths=self.lengths[start:stop],
+            num_entries=self.num_entries[start:stop],
+            input_ids=self.input_ids[a:b],
+            lse=self.lse[a:b],
+            nnz=self.nnz[a:b],
+            ids=cut(self.ids, c, d),
+            logprobs=self.logprobs[c:d],
+            counts=cut(self.counts, c, d),
+            proposal_lse=cut(self.proposal_lse, a, b),
+        )
+
+    @property
+    def kept_mass_sum(self) -> float:
+        """Filled by :func:`encode`: sum over positions of the kept teacher mass."""
+        return float(getattr(self, "_kept_mass_sum", 0.0))
+
+
+def quant_step(spec: Spec) -> float:
+    return spec.encoding.step * _STEP_MARGIN
+
+
+def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
+    """Validate ``records`` against ``spec`` and turn them into physical :class:`Columns`."""
+    if not records:
+        raise InvalidInputError("cannot encode an empty list of records")
+    for r in records:
+        _check_record(r, spec, vocab_size)
+    lengths = np.array([len(r) for r in records], dtype=np.int64)
+    num_entries = np.array([r.num_entries for r in records], dtype=np.int64)
+    nnz = np.concatenate([r.nnz for r in records]).astype(np.uint32)
+    ids = np.concatenate([r.ids for r in records]).astype(np.int64)
+    logprobs = np.concatenate([r.logprobs for r in records]).astype(np.float32)
+    _check_entries(ids, logprobs, nnz, spec, vocab_size)
+    cols = Columns(
+        seq_ids=np.array([r.seq_id for r in records], dtype=np.int64),
+        keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),
+        lengths=lengths,
+        num_entries=num_entries,
+        input_ids=np.concatenate([r.input_ids for r in records]).astype(np.int32),
+        lse=np.concatenate([r.lse for r in records]).astype(np.float32),
+        nnz=nnz,
+        ids=None if spec.method == "dense" else _encode_ids(ids, nnz, spec),
+        logprobs=_encode_logprobs(logprobs, nnz, spec),
+        counts=np.concatenate([r.counts for r in records]).astype(np.uint16) if spec.has_counts else None,  # type: ignore[misc]
+        proposal_lse=(
+            np.concatenate([r.proposal_lse for r in records]).astype(np.float32)  # type: ignore[misc]
+            if spec.has_proposal_lse else None
+        ),
+    )
+    cols._kept_mass_sum = float(np.exp(logprobs.astype(np.float64)).sum())  # type: ignore[attr-defined]
+    return cols
+
+
+def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
+    """Physical :class:`Columns` -> one :class:`Record` per sequence (views into shared decoded arrays)."""
+    nnz = cols.nnz.astype(np.int32)
+    if spec.method == "dense":
+        ids = np.tile(np.arange(vocab_size, dtype=np.int32), len(nnz))
+    else:
+        ids = _decode_ids(cols.ids, nnz, spec)  # type: ignore[arg-type]
+    logprobs = _decode_logprobs(cols.logprobs, nnz, spec)
+    counts = None if cols.counts is None else cols.counts.astype(np.int32)
+    tok = np.concatenate([[0], np.cumsum(cols.lengths)])
+    ent = np.concatenate([[0], np.cumsum(cols.num_entries)])
+    out = []
+    for i in range(len(cols)):
+        a, b, c, d = tok[i], tok[i + 1], ent[i], ent[i + 1]
+        out.append(
+            Record(
+                seq_id=int(cols.seq_ids[i]),
+                key=cols.keys[i].tobytes(),
+                input_ids=cols.input_ids[a:b],
+                lse=cols.lse[a:b],
+                nnz=nnz[a:b],
+                ids=ids[c:d],
+                logprobs=logprobs[c:d],
+                counts=None if counts is None else counts[c:d],
+                proposal_lse=None if cols.proposal_lse is None else cols.proposal_lse[a:b],
+            )
+        )
+    return out
+
+
+# -- validation ---------------------------------------------------------------------------------------------------
+
+
+def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
+    t = len(r)
+    where = f"record seq_id={r.seq_id}"
+    if t == 0:
+        raise InvalidInputError(f"{where} has no positions; every stored sequence needs at least one token")
+    for name in ("lse", "nnz"):
+        if getattr(r, name).shape != (t,):
+            raise InvalidInputError(f"{where}: {name} has shape {getattr(r, name).shape}, expected ({t},) like input_ids")
+    if r.logprobs.shape != r.ids.shape:
+        raise InvalidInputError(f"{where}: logprobs {r.logprobs.shape} and ids {r.ids.shape} differ in length")
+    total = int(np.asarray(r.nnz, dtype=np.int64).sum())
+    if total != r.ids.shape[0]:
+        raise InvalidInputError(f"{where}: nnz sums to {total} but {r.ids.shape[0]} ids were given")
+    if (spec.has_counts) != (r.counts is not None):
+        raise InvalidInputError(
+            f"{where}: counts are {'missing' if spec.has_counts else 'given'}, but method {spec.method!r} "
+            f"{'needs' if spec.has_counts else 'has no'} counts"
+        )
+    if spec.has_proposal_lse != (r.proposal_lse is not None):
+        raise InvalidInputError(
+            f"{where}: proposal_lse is {'missing' if spec.has_proposal_lse else 'given'}; it is stored exactly "
+            "when method is 'sample' with proposal_temperature != 1"
+        )
+    if r.counts is not None and r.counts.shape != r.ids.shape:
+        raise InvalidInputError(f"{where}: counts {r.counts.shape} and ids {r.ids.shape} differ in length")
+    if np.isnan(r.lse).any():
+        raise InvalidInputError(f"{where}: lse contains NaN (teacher logits were NaN?)")
+    ids = np.asarray(r.input_ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
+        raise InvalidInputError(f"{where}: input_ids must be in [0, 2**31), got range [{ids.min()}, {ids.max()}]")
+    if content_key(r.input_ids) != r.key:
+        raise InvalidInputError(f"{where}: key is not blake2b-128 of its input_ids; use logitstore.content_key")
+    if r.counts is not None:
+        n = spec.n
+        if r.counts.size and (r.counts.min() < 1 or r.counts.max() > n):  # type: ignore[operator]
+            raise InvalidInputError(f"{where}: counts must be in [1, n={n}]")
+        pos = np.repeat(np.arange(t), r.nnz)
+        sums = np.bincount(pos, weights=r.counts, minlength=t)
+        if not np.all(sums == n):
+            bad = int(np.flatnonzero(sums != n)[0])
+            raise InvalidInputError(f"{where}: counts at position {bad} sum to {int(sums[bad])}, expected n={n}")
+
+
+def _check_entries(ids: np.ndarray, logprobs: np.ndarray, nnz: np.ndarray, spec: Spec, vocab_size: int) -> None:
+    max_nnz = spec.max_entries(vocab_size)
+    if nnz.size and int(nnz.max()) > max_nnz:
+        raise InvalidInputError(f"a position has {int(nnz.max())} entries; {spec.describe()} keeps at most {max_nnz}")
+    if spec.method == "topk" and nnz.size and int(nnz.min()) != max_nnz:
+        raise InvalidInputError(f"every position of {spec.describe()} holds exactly {max_nnz} entries, "
+                                f"found one with {int(nnz.min())}")
+    if spec.method == "dense" and nnz.size and int(nnz.min()) != vocab_size:
+        raise InvalidInputError(f"dense records hold all {vocab_size} logprobs per position")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise InvalidInputError(
+            f"token ids must be in [0, {vocab_size}) (the teacher's logit dimension), got range "
+            f"[{ids.min()}, {ids.max()}]"
+        )
+    if np.isnan(logprobs).any() or (logprobs > 1e-3).any():
+        raise InvalidInputError("logprobs must be <= 0 and not NaN")
+    inner = _inner_mask(nnz)
+    if spec.entry_order == "id":
+        if not np.all(np.diff(ids)[inner[1:]] > 0):
+            raise InvalidInputError(
+                f"entries of {spec.method!r} records must be unique ids in ascending order within each position"
+            )
+    elif not np.all(np.diff(logprobs)[inner[1:]] <= 0):
+        raise InvalidInputError(
+            f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
+        )
+
+
+def _inner_mask(nnz: np.ndarray) -> np.ndarray:
+    """``[E] bool``: True for entries that are not the first of their position."""
+    mask = np.ones(int(nnz.sum(dtype=np.int64)), dtype=bool)
+    starts = _starts(nnz)
+    mask[starts] = False
+    return mask
+
+
+def _starts(nnz: np.ndarray) -> np.ndarray:
+    """Offsets of the first entry of every non-empty position."""
+    offsets = np.cumsum(nnz, dtype=np.int64) - nnz
+    return offsets[nnz > 0]
+
+
+# -- entries ------------------------------------------------------------------------------------------------------
+
+
+def _delta(x: np.ndarray, nnz: np.ndarray) -> np.ndarray:
+    """Within each position: first value, then differences (uint32 arithmetic, wraps harmlessly)."""
+    d = np.empty_like(x)
+    if x.size:
+        d[0] = x[0]
+        np.subtract(x[1:], x[:-1], out=d[1:])
+        starts = _starts(nnz)
+        d[starts] = x[starts]
+    return d
+
+
+def _undelta(d: np.ndarray, nnz: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_delta`: a cumulative sum that restarts at every position."""
+    c = np.cumsum(d, dtype=np.uint32)
+    if c.size:
+        starts = _starts(nnz)
+        base = c[starts] - d[starts].astype(np.uint32)
+        c -= np.repeat(base, nnz[nnz > 0])
+    return c
+
+
+def _encode_ids(ids: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+    ids32 = ids.astype(np.uint32)
+    return _delta(ids32, nnz) if spec.entry_order == "id" else ids32
+
+
+def _decode_ids(stored: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+    out = _undelta(stored, nnz) if spec.entry_order == "id" else stored
+    return out.view(np.int32) if out.dtype == np.uint32 else out.astype(np.int32)
+
+
+def _encode_logprobs(logprobs: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+    if spec.encoding.lossless:
+        return logprobs.astype(np.float32)
+    scaled = np.rint(logprobs.astype(np.float64) * (-1.0 / quant_step(spec)))
+    codes = np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
+    codes[np.isneginf(logprobs)] = Q16_NEG_INF
+    codes16 = codes.astype(np.uint16)
+    if spec.entry_order == "rank":
+        return _delta(codes16.astype(np.uint32), nnz).astype(np.uint16)
+    return codes16
+
+
+def _decode_logprobs(stored: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+    if spec.encoding.lossless:
+        return stored.astype(np.float32, copy=False)
+    codes = _undelta(stored, nnz) if spec.entry_order == "rank" else stored
+    out = (codes * -quant_step(spec)).astype(np.float32)
+    out[codes == Q16_NEG_INF] = -np.inf
+    return out

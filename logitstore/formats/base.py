@@ -1,0 +1,181 @@
+"""What every shard backend implements: an atomic shard writer and a random-access shard reader."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from logitstore import codec
+from logitstore.codec import Columns
+from logitstore.errors import CorruptShardError, InvalidInputError
+from logitstore.fs import digest
+from logitstore.manifest import ShardInfo
+from logitstore.record import Record
+from logitstore.spec import Spec
+
+#: Records are encoded and written in groups of at least this many entries (a Parquet row group; a Zarr append).
+FLUSH_ENTRIES = 1 << 20
+
+
+class ShardWriter(ABC):
+    """Writes one shard to ``<path>.partial`` and renames it to ``path`` on :meth:`commit`.
+
+    Records must arrive in seq_id order starting at ``first_seq``. Used as a context manager, a shard that was
+    not committed is removed on exit, so nothing half-written is ever visible under the final name.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], relpath: str, spec: Spec, vocab_size: int, *, first_seq: int):
+        self.path = Path(path)
+        self.tmp_path = self.path.with_name(self.path.name + ".partial")
+        self.relpath = relpath
+        self.spec = spec
+        self.vocab_size = vocab_size
+        self.first_seq = first_seq
+        self._pending: list[Record] = []
+        self._pending_entries = 0
+        self._num_sequences = 0
+        self._num_tokens = 0
+        self._num_entries = 0
+        self._kept_mass = 0.0
+        self._done = False
+        _remove(self.tmp_path)
+
+    def write(self, record: Record) -> None:
+        expected = self.first_seq + self._num_sequences + len(self._pending)
+        if record.seq_id != expected:
+            raise InvalidInputError(f"shard {self.relpath} expected seq_id {expected} next, got {record.seq_id}")
+        self._pending.append(record)
+        self._pending_entries += record.num_entries
+        if self._pending_entries >= FLUSH_ENTRIES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        cols = codec.encode(self._pending, self.spec, self.vocab_size)
+        self._write_columns(cols)
+        self._num_sequences += len(cols)
+        self._num_tokens += int(cols.lengths.sum())
+        self._num_entries += int(cols.num_entries.sum())
+        self._kept_mass += cols.kept_mass_sum
+        self._pending, self._pending_entries = [], 0
+
+    def commit(self) -> ShardInfo:
+        """Flush, close, rename to the final name, and describe the committed shard."""
+        self._flush()
+        if self._num_sequences == 0:
+            raise InvalidInputError(f"shard {self.relpath} has no records; a shard holds at least one sequence")
+        self._close()
+        _remove(self.path)
+        os.replace(self.tmp_path, self.path)
+        self._done = True
+        nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))
+        return ShardInfo(
+            path=self.relpath,
+            first_seq=self.first_seq,
+            num_sequences=self._num_sequences,
+            num_tokens=self._num_tokens,
+            num_entries=self._num_entries,
+            kept_mass_sum=self._kept_mass,
+            nbytes=nbytes,
+            sha256=sha,
+        )
+
+    def abort(self) -> None:
+        if not self._done:
+            try:
+                self._close()
+            finally:
+                _remove(self.tmp_path)
+                self._done = True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.abort()
+
+    @abstractmethod
+    def _write_columns(self, cols: Columns) -> None:
+        """Append encoded columns to the temporary shard."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Finish the temporary shard (idempotent)."""
+
+
+class ShardReader(ABC):
+    """Random access to the records of one committed shard; decodes only the row group / chunks it needs."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, info: ShardInfo, spec: Spec, vocab_size: int):
+        self.fs = fs
+        self.path = path
+        self.info = info
+        self.spec = spec
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.info.num_sequences
+
+    def read(self, index: int) -> Record:
+        """Record at position ``index`` within this shard."""
+        return self.read_range(index, index + 1)[0]
+
+    def read_range(self, start: int, stop: int) -> list[Record]:
+        """Records ``start..stop-1`` (shard-local indices)."""
+        if not (0 <= start <= stop <= len(self)):
+            raise IndexError(f"range [{start}, {stop}) is outside shard {self.info.path} of {len(self)} sequences")
+        if start == stop:
+            return []
+        try:
+            cols = self._read_columns(start, stop)
+            records = codec.decode(cols, self.spec, self.vocab_size)
+        except CorruptShardError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any decoding failure means the shard is damaged
+            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
+        first = self.info.first_seq + start
+        if len(records) != stop - start or any(r.seq_id != first + i for i, r in enumerate(records)):
+            raise CorruptShardError(f"shard {self.info.path} holds unexpected seq_ids at [{start}, {stop})")
+        return records
+
+    def keys(self) -> np.ndarray:
+        """``[n, 16] uint8`` content keys of all records in the shard."""
+        try:
+            keys = self._read_keys()
+        except Exception as exc:  # noqa: BLE001
+            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
+        if keys.shape != (len(self), 16):
+            raise CorruptShardError(f"shard {self.info.path} holds {keys.shape[0]} keys, expected {len(self)}")
+        return keys
+
+    @abstractmethod
+    def _read_columns(self, start: int, stop: int) -> Columns: ...
+
+    @abstractmethod
+    def _read_keys(self) -> np.ndarray: ...
+
+    def close(self) -> None:  # noqa: B027 -- optional hook
+        pass
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def shard_metadata(spec: Spec, vocab_size: int) -> dict[str, Any]:
+    """What a shard says about itself, so a lone shard file is still interpretable."""
+    from logitstore.manifest import FORMAT_VERSION
+
+    return {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "vocab_size": vocab_size,
+            "entry_order": spec.entry_order}

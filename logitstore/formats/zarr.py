@@ -1,0 +1,101 @@
+"""Zarr v3 shards: one group per shard, one 1-D array per physical column.
+
+Per-sequence arrays (``seq_ids``, ``keys``, ``lengths``, ``num_entries``) locate each sequence's slice of the
+flat per-position arrays (``input_ids``, ``lse``, ``nnz``, ``proposal_lse``) and per-entry arrays (``ids``,
+``logprobs``, ``counts``). Chunks are compressed with Blosc(zstd, byte shuffle). Random access reads only the
+chunks a sequence's slices touch. Group attributes (``logitstore``) hold the spec and vocabulary size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from logitstore.codec import Columns
+from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
+from logitstore.fs import is_local
+
+_SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries")
+_TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
+_ENTRY_COLUMNS = ("ids", "logprobs", "counts")
+_CHUNKS = {"seq": 1 << 12, "token": 1 << 16, "entry": 1 << 20}
+BLOSC_LEVEL = 5
+
+
+def _kind(name: str) -> str:
+    return "seq" if name in _SEQ_COLUMNS else "token" if name in _TOKEN_COLUMNS else "entry"
+
+
+class ZarrShardWriter(ShardWriter):
+    _group: Any = None
+
+    def _write_columns(self, cols: Columns) -> None:
+        if self._group is None:
+            self._group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
+            self._group.attrs["logitstore"] = shard_metadata(self.spec, self.vocab_size)
+        for name in (*_SEQ_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS):
+            values = getattr(cols, name)
+            if values is None:
+                continue
+            if name not in self._group:
+                chunk = _CHUNKS[_kind(name)]
+                self._group.create_array(
+                    name,
+                    shape=(0, *values.shape[1:]),
+                    dtype=values.dtype,
+                    chunks=(chunk, *values.shape[1:]),
+                    compressors=[BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle")],
+                    fill_value=0,
+                )
+            self._group[name].append(values, axis=0)
+
+    def _close(self) -> None:
+        self._group = None
+
+
+class ZarrShardReader(ShardReader):
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._group: Any = None
+        self._tok: np.ndarray | None = None
+        self._ent: np.ndarray | None = None
+
+    def _open(self) -> Any:
+        if self._group is None:
+            if is_local(self.fs):
+                store: Any = self.path
+            else:
+                store = zarr.storage.FsspecStore.from_url(self.fs.unstrip_protocol(self.path), read_only=True)
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+            lengths = group["lengths"][:]
+            num_entries = group["num_entries"][:]
+            self._tok = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            self._ent = np.concatenate([[0], np.cumsum(num_entries)]).astype(np.int64)
+            self._group = group
+        return self._group
+
+    def _read_columns(self, start: int, stop: int) -> Columns:
+        g = self._open()
+        assert self._tok is not None and self._ent is not None
+        ranges = {
+            "seq": (start, stop),
+            "token": (int(self._tok[start]), int(self._tok[stop])),
+            "entry": (int(self._ent[start]), int(self._ent[stop])),
+        }
+        out: dict[str, np.ndarray | None] = {}
+        for name in (*_SEQ_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS):
+            if name in g:
+                lo, hi = ranges[_kind(name)]
+                out[name] = g[name][lo:hi]
+            else:
+                out[name] = None
+        return Columns(**out)  # type: ignore[arg-type]
+
+    def _read_keys(self) -> np.ndarray:
+        return np.asarray(self._open()["keys"][:], dtype=np.uint8)
+
+    def close(self) -> None:
+        self._group = None

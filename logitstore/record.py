@@ -1,0 +1,105 @@
+"""The logical record: one sequence's teacher distributions, identical whatever backend stored it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from logitstore.errors import InvalidInputError
+
+
+@dataclass(frozen=True, eq=False)
+class Record:
+    """One sequence (ARCHITECTURE §2). ``T`` positions, ``E = nnz.sum()`` entries grouped by position.
+
+    Attributes:
+        seq_id: 0..N-1 in corpus order.
+        key: 16-byte blake2b-128 content key of ``input_ids``.
+        input_ids: ``[T] int32`` tokens the teacher read.
+        lse: ``[T] float32`` log-sum-exp of the teacher's raw logits; position t predicts token t+1.
+        nnz: ``[T] int32`` entries kept per position.
+        ids: ``[E] int32`` token ids, in the spec's entry order within each position.
+        logprobs: ``[E] float32`` teacher log-probabilities (temperature 1) of ``ids``.
+        counts: ``[E] int32`` draws per id (``sample`` method only, else None).
+        proposal_lse: ``[T] float32`` lse of ``logits / proposal_temperature`` (``sample`` with a proposal
+            temperature other than 1, else None).
+    """
+
+    seq_id: int
+    key: bytes
+    input_ids: np.ndarray
+    lse: np.ndarray
+    nnz: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+    counts: np.ndarray | None = None
+    proposal_lse: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_entries(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``[T + 1] int64``: entries of position t are ``ids[offsets[t]:offsets[t + 1]]``."""
+        out = np.zeros(len(self.nnz) + 1, dtype=np.int64)
+        np.cumsum(self.nnz, out=out[1:])
+        return out
+
+    def kept_mass(self) -> np.ndarray:
+        """``[T] float64``: teacher probability mass of the stored ids at each position."""
+        pos = np.repeat(np.arange(len(self.nnz)), self.nnz)
+        return np.bincount(pos, weights=np.exp(self.logprobs.astype(np.float64)), minlength=len(self.nnz))
+
+    def slice(self, start: int, stop: int) -> Record:
+        """The positions ``start..stop-1`` of this record (same seq_id and key)."""
+        t = len(self)
+        if not (0 <= start <= stop <= t):
+            raise InvalidInputError(
+                f"position range [{start}, {stop}) is outside the sequence's {t} positions; "
+                f"use 0 <= start <= stop <= {t}"
+            )
+        off = self.offsets
+        a, b = int(off[start]), int(off[stop])
+        return Record(
+            seq_id=self.seq_id,
+            key=self.key,
+            input_ids=self.input_ids[start:stop],
+            lse=self.lse[start:stop],
+            nnz=self.nnz[start:stop],
+            ids=self.ids[a:b],
+            logprobs=self.logprobs[a:b],
+            counts=None if self.counts is None else self.counts[a:b],
+            proposal_lse=None if self.proposal_lse is None else self.proposal_lse[start:stop],
+        )
+
+    def equals(self, other: Record, *, logprob_atol: float = 0.0) -> bool:
+        """Field-wise equality; logprobs compared within ``logprob_atol`` (``-inf`` must match exactly)."""
+        same = (
+            self.seq_id == other.seq_id
+            and self.key == other.key
+            and _same(self.input_ids, other.input_ids)
+            and _same(self.lse, other.lse)
+            and _same(self.nnz, other.nnz)
+            and _same(self.ids, other.ids)
+            and _same(self.counts, other.counts)
+            and _same(self.proposal_lse, other.proposal_lse)
+            and self.logprobs.shape == other.logprobs.shape
+        )
+        if not same:
+            return False
+        a, b = self.logprobs.astype(np.float64), other.logprobs.astype(np.float64)
+        inf_a, inf_b = np.isneginf(a), np.isneginf(b)
+        if not np.array_equal(inf_a, inf_b):
+            return False
+        return bool(np.all(np.abs(a[~inf_a] - b[~inf_b]) <= logprob_atol))
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))

@@ -1,0 +1,73 @@
+"""Counter-based random numbers for the ``sample`` method.
+
+A draw's uniform is a pure function of (seed, sequence key, position, draw index), so sampled targets do not depend
+on batch composition, chunk size, worker count, device or restarts. The per-sequence part is hashed on the host
+with blake2b; the per-position and per-draw part is a 32-bit integer mixer evaluated in int64 torch ops on the
+logits' device. Multiplications are split into 16-bit halves so no intermediate overflows int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def sequence_stream(seed: int, key: bytes) -> tuple[int, int]:
+    """Two 32-bit words identifying the random stream of one sequence under one seed."""
+    digest = hashlib.blake2b(seed.to_bytes(8, "little") + key, digest_size=8, person=b"logitstore-rng").digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
+
+
+def position_streams(
+    seed: int, keys: Sequence[bytes], lengths: Sequence[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streams and positions for the flattened positions of several sequences.
+
+    Returns ``streams [N, 2] int64`` (each row the two words of its sequence) and ``positions [N] int64``
+    (0..T-1 within each sequence), with ``N = sum(lengths)``.
+    """
+    words = torch.tensor([sequence_stream(seed, k) for k in keys], dtype=torch.int64).reshape(-1, 2)
+    lens = torch.tensor(list(lengths), dtype=torch.int64)
+    streams = torch.repeat_interleave(words, lens, dim=0)
+    starts = torch.cumsum(lens, 0) - lens
+    positions = torch.arange(int(lens.sum()), dtype=torch.int64) - torch.repeat_interleave(starts, lens)
+    return streams.to(device), positions.to(device)
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (Wellons' lowbias32) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x21F0AAAD)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x735A2D97)
+    return x ^ (x >> 15)
+
+
+def uniforms(streams: torch.Tensor, positions: torch.Tensor, num_draws: int) -> torch.Tensor:
+    """Uniform doubles in [0, 1) with 53 random bits.
+
+    Args:
+        streams: ``[N, 2] int64`` sequence stream words (from :func:`position_streams`).
+        positions: ``[N] int64`` position of each row within its sequence.
+        num_draws: draws per row.
+
+    Returns:
+        ``[N, num_draws] float64``; entry ``[i, d]`` depends only on ``(streams[i], positions[i], d)``.
+    """
+    s0 = streams[:, 0:1] & _MASK32
+    s1 = streams[:, 1:2] & _MASK32
+    state = _mix32(s0 ^ _mix32((positions[:, None] & _MASK32) ^ _mix32(s1 ^ 0x9E3779B9)))
+    draw = torch.arange(num_draws, device=streams.device, dtype=torch.int64)[None, :]
+    hi = _mix32(_mix32(state ^ (2 * draw)) ^ s1)
+    lo = _mix32(_mix32(state ^ (2 * draw + 1)) ^ s1)
+    bits = (hi >> 5) * (1 << 26) + (lo >> 6)  # 27 + 26 = 53 bits
+    return bits.to(torch.float64) * (1.0 / (1 << 53))

@@ -1,0 +1,200 @@
+"""Sparsifiers: teacher logits ``[N, V]`` -> exact lse plus the kept entries of each position (ARCHITECTURE §3).
+
+They run in torch on whatever device holds the logits (the GPU when there is one) and process positions in chunks,
+so the fp32 copy of the logits, the float64 CDF of the ``sample`` method and the sort buffers never exceed
+``chunk_elements`` at once. Every position is computed independently of the others, so results do not depend on
+how positions are grouped into batches or chunks. Only the sparse results need to cross to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from logitstore.errors import InvalidInputError
+from logitstore.spec import Spec
+
+#: Default bound on ``rows * V`` elements materialized per chunk (64 Mi elements = 256 MiB of fp32).
+DEFAULT_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class SparseLogits:
+    """Sparse teacher distributions of N positions, entries grouped by position.
+
+    Attributes:
+        lse: ``[N] float32`` log-sum-exp of the raw logits (temperature 1).
+        nnz: ``[N] int64`` entries kept per position.
+        ids: ``[E] int32`` token ids, ``E = nnz.sum()``, in the spec's entry order.
+        logprobs: ``[E] float32`` teacher log-probabilities of ``ids``.
+        counts: ``[E] int32`` draws that hit each id (``sample`` only, else None).
+        proposal_lse: ``[N] float32`` log-sum-exp of ``logits / proposal_temperature`` (``sample`` with a
+            proposal temperature other than 1, else None).
+    """
+
+    lse: torch.Tensor
+    nnz: torch.Tensor
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    counts: torch.Tensor | None = None
+    proposal_lse: torch.Tensor | None = None
+
+    def numpy(self) -> dict[str, np.ndarray | None]:
+        """Host copies with the storage dtypes (``nnz`` as int32)."""
+        return {
+            "lse": self.lse.cpu().numpy(),
+            "nnz": self.nnz.to(torch.int32).cpu().numpy(),
+            "ids": self.ids.cpu().numpy(),
+            "logprobs": self.logprobs.cpu().numpy(),
+            "counts": None if self.counts is None else self.counts.cpu().numpy(),
+            "proposal_lse": None if self.proposal_lse is None else self.proposal_lse.cpu().numpy(),
+        }
+
+
+def sparsify(
+    logits: torch.Tensor,
+    spec: Spec,
+    *,
+    streams: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> SparseLogits:
+    """Apply ``spec`` to ``logits [N, V]`` (any float dtype, any device).
+
+    ``streams [N, 2]`` and ``positions [N]`` (see :func:`logitstore.rng.position_streams`) are required by the
+    ``sample`` method and ignored otherwise.
+    """
+    if logits.ndim != 2 or not logits.is_floating_point():
+        raise InvalidInputError(
+            f"logits must be a floating-point [N, V] tensor, got shape {tuple(logits.shape)} dtype {logits.dtype}"
+        )
+    n_rows, vocab = logits.shape
+    spec.check_vocab(vocab)
+    if spec.method == "sample":
+        if streams is None or positions is None:
+            raise InvalidInputError("method 'sample' needs streams and positions (logitstore.rng.position_streams)")
+        if streams.shape != (n_rows, 2) or positions.shape != (n_rows,):
+            raise InvalidInputError(
+                f"streams must be [{n_rows}, 2] and positions [{n_rows}], got {tuple(streams.shape)} and "
+                f"{tuple(positions.shape)}"
+            )
+    rows = max(1, chunk_elements // max(vocab, 1))
+    parts = []
+    for start in range(0, n_rows, rows):
+        z = logits[start : start + rows].float()
+        if spec.method == "topk":
+            parts.append(_topk(z, spec.k))  # type: ignore[arg-type]
+        elif spec.method == "topp":
+            parts.append(_topp(z, spec.p, spec.effective_k_min, spec.k))  # type: ignore[arg-type]
+        elif spec.method == "dense":
+            parts.append(_dense(z))
+        else:
+            parts.append(
+                _sample(z, spec.n, spec.proposal_temperature,  # type: ignore[arg-type]
+                        streams[start : start + rows], positions[start : start + rows])  # type: ignore[index]
+            )
+    if not parts:
+        parts.append(_empty(logits.device, spec))
+    return _concat(parts)
+
+
+def _canonical_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` largest of each row, descending, ties broken by ascending id (whatever topk's own tie order)."""
+    vals, idx = torch.topk(z, k, dim=-1, largest=True, sorted=True)
+    idx, perm = torch.sort(idx, dim=-1)
+    vals = torch.gather(vals, -1, perm)
+    vals, perm = torch.sort(vals, dim=-1, descending=True, stable=True)
+    return vals, torch.gather(idx, -1, perm)
+
+
+def _topk(z: torch.Tensor, k: int) -> SparseLogits:
+    lse = torch.logsumexp(z, dim=-1)
+    vals, idx = _canonical_topk(z, k)
+    n = z.shape[0]
+    return SparseLogits(
+        lse=lse,
+        nnz=torch.full((n,), k, dtype=torch.int64, device=z.device),
+        ids=idx.to(torch.int32).reshape(-1),
+        logprobs=(vals - lse[:, None]).reshape(-1),
+    )
+
+
+def _topp(z: torch.Tensor, p: float, k_min: int, k_max: int) -> SparseLogits:
+    lse = torch.logsumexp(z, dim=-1)
+    k_max = min(k_max, z.shape[-1])
+    vals, idx = _canonical_topk(z, k_max)
+    logprobs = vals - lse[:, None]
+    mass = torch.cumsum(torch.exp(logprobs.double()), dim=-1)
+    # Smallest prefix whose mass reaches p: one past the number of prefixes still below p.
+    keep = (mass < p).sum(dim=-1) + 1
+    keep = keep.clamp(min=min(k_min, k_max), max=k_max)
+    mask = torch.arange(k_max, device=z.device)[None, :] < keep[:, None]
+    return SparseLogits(lse=lse, nnz=keep.to(torch.int64), ids=idx[mask].to(torch.int32), logprobs=logprobs[mask])
+
+
+def _dense(z: torch.Tensor) -> SparseLogits:
+    n, vocab = z.shape
+    lse = torch.logsumexp(z, dim=-1)
+    return SparseLogits(
+        lse=lse,
+        nnz=torch.full((n,), vocab, dtype=torch.int64, device=z.device),
+        ids=torch.arange(vocab, dtype=torch.int32, device=z.device).repeat(n),
+        logprobs=(z - lse[:, None]).reshape(-1),
+    )
+
+
+def _sample(
+    z: torch.Tensor, n: int, temperature: float, streams: torch.Tensor, positions: torch.Tensor
+) -> SparseLogits:
+    from logitstore.rng import uniforms
+
+    rows, vocab = z.shape
+    lse = torch.logsumexp(z, dim=-1)
+    if temperature == 1.0:
+        qz, qlse = z, lse
+    else:
+        qz = z / temperature
+        qlse = torch.logsumexp(qz, dim=-1)
+    # Inverse-CDF sampling on a float64 CDF: exact enough that even ~1e-12 probabilities keep their odds.
+    cdf = torch.cumsum(torch.exp(qz - qlse[:, None]), dim=-1, dtype=torch.float64)
+    u = uniforms(streams, positions, n) * cdf[:, -1:]
+    draws = torch.searchsorted(cdf, u, right=True).clamp_(max=vocab - 1)
+    flat = torch.sort(draws + torch.arange(rows, device=z.device)[:, None] * vocab, dim=-1).values.reshape(-1)
+    uniq, counts = torch.unique_consecutive(flat, return_counts=True)
+    row = torch.div(uniq, vocab, rounding_mode="floor")
+    ids = uniq - row * vocab
+    nnz = torch.bincount(row, minlength=rows)
+    logprobs = z[row, ids] - lse[row]
+    return SparseLogits(
+        lse=lse,
+        nnz=nnz,
+        ids=ids.to(torch.int32),
+        logprobs=logprobs,
+        counts=counts.to(torch.int32),
+        proposal_lse=None if temperature == 1.0 else qlse,
+    )
+
+
+def _empty(device: torch.device, spec: Spec) -> SparseLogits:
+    f = torch.zeros(0, dtype=torch.float32, device=device)
+    return SparseLogits(
+        lse=f,
+        nnz=torch.zeros(0, dtype=torch.int64, device=device),
+        ids=torch.zeros(0, dtype=torch.int32, device=device),
+        logprobs=f,
+        counts=torch.zeros(0, dtype=torch.int32, device=device) if spec.has_counts else None,
+        proposal_lse=f if spec.has_proposal_lse else None,
+    )
+
+
+def _concat(parts: list[SparseLogits]) -> SparseLogits:
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return SparseLogits(**{name: cat(name) for name in SparseLogits.__dataclass_fields__})  # type: ignore[arg-type]

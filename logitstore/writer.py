@@ -1,0 +1,212 @@
+"""Building a dataset: shards committed one by one, then the key index, then ``manifest.json`` last.
+
+:class:`DatasetWriter` is the in-process writer; the Ray precompute job uses the same three steps
+(:func:`prepare_output`, :func:`open_shard_writer`, :func:`finalize`) with shards written by many workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import fsspec
+import numpy as np
+
+from logitstore import keyindex
+from logitstore.errors import DatasetExistsError, InvalidInputError
+from logitstore.formats import READERS, WRITERS, ShardWriter
+from logitstore.fs import digest, is_local, resolve
+from logitstore.manifest import (
+    JOB_DIR,
+    KEY_INDEX_NAME,
+    MANIFEST_NAME,
+    SHARDS_DIR,
+    Backend,
+    CorpusInfo,
+    FileInfo,
+    Manifest,
+    ShardInfo,
+    TeacherInfo,
+    TokenizerInfo,
+    parse_backend,
+    shard_relpath,
+    write_atomic,
+)
+from logitstore.record import Record
+from logitstore.spec import Spec
+
+#: A shard is closed once it holds this many entries (about 100-200 MB compressed for LLM top-k caches).
+DEFAULT_SHARD_ENTRIES = 1 << 26
+
+
+def local_root(location: str | os.PathLike[str]) -> Path:
+    """Dataset directory for writing; writing needs a local (or mounted) filesystem for atomic renames."""
+    fs, path = resolve(location)
+    if not is_local(fs):
+        raise InvalidInputError(
+            f"cannot write a dataset to {os.fspath(location)!r}: writers need a local or mounted path (atomic "
+            "rename); write locally and copy the finished dataset directory to object storage"
+        )
+    return Path(path)
+
+
+def prepare_output(root: Path, *, overwrite: bool = False) -> None:
+    """Refuse to touch a complete dataset unless ``overwrite``; with it, retire the old manifest first."""
+    manifest = root / MANIFEST_NAME
+    if manifest.exists():
+        if not overwrite:
+            raise DatasetExistsError(
+                f"a complete dataset already exists at {root}; pass overwrite=True (--overwrite) to replace it, "
+                "or choose another output path"
+            )
+        manifest.unlink()  # from here on the dataset is incomplete, so a crash cannot leave a stale manifest
+        for name in (KEY_INDEX_NAME, SHARDS_DIR, JOB_DIR):
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    (root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def open_shard_writer(
+    root: Path, index: int, *, backend: Backend, spec: Spec, vocab_size: int, first_seq: int
+) -> ShardWriter:
+    relpath = shard_relpath(index, backend)
+    return WRITERS[backend](root / relpath, relpath, spec, vocab_size, first_seq=first_seq)
+
+
+def finalize(
+    root: Path,
+    *,
+    backend: Backend,
+    spec: Spec,
+    teacher: TeacherInfo,
+    shards: Sequence[ShardInfo],
+    tokenizer: TokenizerInfo | None = None,
+    corpus: CorpusInfo | None = None,
+    name: str | None = None,
+) -> Manifest:
+    """Write the key index and then, atomically and last, ``manifest.json`` for committed ``shards``."""
+    shards = sorted(shards, key=lambda s: s.first_seq)
+    fs = fsspec.filesystem("file")
+    keys, seq_ids = [], []
+    for s in shards:
+        reader = READERS[backend](fs, str(root / s.path), s, spec, teacher.vocab_size)
+        try:
+            keys.append(reader.keys())
+        finally:
+            reader.close()
+        seq_ids.append(np.arange(s.first_seq, s.first_seq + s.num_sequences, dtype=np.int64))
+    data = keyindex.build(
+        np.concatenate(keys) if keys else np.zeros((0, 16), np.uint8),
+        np.concatenate(seq_ids) if seq_ids else np.zeros(0, np.int64),
+    )
+    write_atomic(root / KEY_INDEX_NAME, data)
+    nbytes, sha = digest(fs, str(root / KEY_INDEX_NAME))
+    num_sequences = sum(s.num_sequences for s in shards)
+    num_tokens = sum(s.num_tokens for s in shards)
+    corpus = corpus or CorpusInfo()
+    corpus = CorpusInfo(**{**corpus.to_dict(), "num_sequences": num_sequences, "num_tokens": num_tokens})
+    manifest = Manifest(
+        name=name or root.name,
+        backend=backend,
+        teacher=teacher,
+        tokenizer=tokenizer or TokenizerInfo(),
+        spec=spec,
+        corpus=corpus,
+        shards=tuple(shards),
+        key_index=FileInfo(path=KEY_INDEX_NAME, nbytes=nbytes, sha256=sha),
+    )
+    write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
+    return manifest
+
+
+class DatasetWriter:
+    """Write records (seq_id 0, 1, 2, ...) into a new dataset; :meth:`finish` makes it complete.
+
+    Example::
+
+        with DatasetWriter("store/my-cache", spec=Spec(method="topk", k=64), teacher=teacher) as w:
+            for record in records:
+                w.write(record)
+        manifest = w.manifest  # written on a clean exit; on an exception committed shards stay, no manifest
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        spec: Spec,
+        teacher: TeacherInfo,
+        backend: str = "parquet",
+        tokenizer: TokenizerInfo | None = None,
+        corpus: CorpusInfo | None = None,
+        shard_entries: int = DEFAULT_SHARD_ENTRIES,
+        overwrite: bool = False,
+        name: str | None = None,
+    ):
+        self.root = local_root(location)
+        self.backend = parse_backend(backend)
+        spec.check_vocab(teacher.vocab_size)
+        if shard_entries < 1:
+            raise InvalidInputError(f"shard_entries must be >= 1, got {shard_entries}")
+        self.spec, self.teacher, self.tokenizer, self.corpus = spec, teacher, tokenizer, corpus
+        self.shard_entries = shard_entries
+        self.name = name
+        prepare_output(self.root, overwrite=overwrite)
+        self.shards: list[ShardInfo] = []
+        self.manifest: Manifest | None = None
+        self._writer: ShardWriter | None = None
+        self._entries_in_shard = 0
+        self._next_seq = 0
+
+    def write(self, record: Record) -> None:
+        if self.manifest is not None:
+            raise InvalidInputError("this dataset is already finished; open a new DatasetWriter to write more")
+        if record.seq_id != self._next_seq:
+            raise InvalidInputError(f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}")
+        if self._writer is None:
+            self._writer = open_shard_writer(
+                self.root, len(self.shards), backend=self.backend, spec=self.spec,
+                vocab_size=self.teacher.vocab_size, first_seq=self._next_seq,
+            )
+        self._writer.write(record)
+        self._next_seq += 1
+        self._entries_in_shard += record.num_entries
+        if self._entries_in_shard >= self.shard_entries:
+            self._commit_shard()
+
+    def _commit_shard(self) -> None:
+        if self._writer is not None:
+            self.shards.append(self._writer.commit())
+            self._writer = None
+            self._entries_in_shard = 0
+
+    def finish(self) -> Manifest:
+        if self.manifest is None:
+            self._commit_shard()
+            if not self.shards:
+                raise InvalidInputError("no records were written; a dataset holds at least one sequence")
+            self.manifest = finalize(
+                self.root, backend=self.backend, spec=self.spec, teacher=self.teacher, shards=self.shards,
+                tokenizer=self.tokenizer, corpus=self.corpus, name=self.name,
+            )
+        return self.manifest
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()

@@ -1,0 +1,1 @@
+"""logitstore.server: the FastAPI caching service (see ARCHITECTURE §6)."""

@@ -1,0 +1,1 @@
+"""logitstore.workers: the Ray precompute job (see ARCHITECTURE §4)."""
