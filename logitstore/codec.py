@@ -80,6 +80,20 @@ def quant_step(spec: Spec) -> float:
     return spec.encoding.step * _STEP_MARGIN
 
 
+def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
+    """Raise :class:`InvalidInputError` naming the first record that breaks the format's invariants."""
+    for r in records:
+        _check_record(r, spec, vocab_size)
+    if records:
+        _check_entries(
+            np.concatenate([r.ids for r in records]).astype(np.int64),
+            np.concatenate([r.logprobs for r in records]).astype(np.float32),
+            np.concatenate([r.nnz for r in records]).astype(np.uint32),
+            spec,
+            vocab_size,
+        )
+
+
 def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
     """Validate ``records`` against ``spec`` and turn them into physical :class:`Columns`."""
     if not records:

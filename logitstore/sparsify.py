@@ -2,8 +2,14 @@
 
 They run in torch on whatever device holds the logits (the GPU when there is one) and process positions in chunks,
 so the fp32 copy of the logits, the float64 CDF of the ``sample`` method and the sort buffers never exceed
-``chunk_elements`` at once. Every position is computed independently of the others, so results do not depend on
-how positions are grouped into batches or chunks. Only the sparse results need to cross to the host.
+``chunk_elements`` at once. Only the sparse results need to cross to the host.
+
+Batch invariance: every position is computed independently of the others, and the results are bit-identical
+however positions are grouped into batches or chunks. Two details make that true and are easy to break:
+reductions over the vocabulary accumulate in float64 (so a different summation order cannot change the float32
+lse), and a chunk is never a single row (torch splits a lone row's reduction across threads, which changes the
+order; a one-row chunk is computed as two identical rows instead). Ties at top-k's boundary are resolved by
+``torch.topk`` (a function of the row alone); the order of the kept entries is canonical.
 """
 
 from __future__ import annotations
@@ -84,6 +90,9 @@ def sparsify(
     parts = []
     for start in range(0, n_rows, rows):
         z = logits[start : start + rows].float()
+        if z.shape[0] == 1:
+            parts.append(_one_row(z, spec, streams, positions, start))
+            continue
         if spec.method == "topk":
             parts.append(_topk(z, spec.k))  # type: ignore[arg-type]
         elif spec.method == "topp":
@@ -100,6 +109,41 @@ def sparsify(
     return _concat(parts)
 
 
+def _one_row(
+    z: torch.Tensor, spec: Spec, streams: torch.Tensor | None, positions: torch.Tensor | None, start: int
+) -> SparseLogits:
+    """Sparsify a lone row as two copies of it and keep the first (see the module docstring)."""
+    z2 = z.expand(2, -1)
+    if spec.method == "topk":
+        out = _topk(z2, spec.k)  # type: ignore[arg-type]
+    elif spec.method == "topp":
+        out = _topp(z2, spec.p, spec.effective_k_min, spec.k)  # type: ignore[arg-type]
+    elif spec.method == "dense":
+        out = _dense(z2)
+    else:
+        out = _sample(z2, spec.n, spec.proposal_temperature,  # type: ignore[arg-type]
+                      streams[start : start + 1].expand(2, -1), positions[start : start + 1].expand(2))  # type: ignore[index]
+    first = int(out.nnz[0])
+
+    def head(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        return None if x is None else x[:n]
+
+    return SparseLogits(lse=out.lse[:1], nnz=out.nnz[:1], ids=out.ids[:first], logprobs=out.logprobs[:first],
+                        counts=head(out.counts, first), proposal_lse=head(out.proposal_lse, 1))
+
+
+def logsumexp(z: torch.Tensor) -> torch.Tensor:
+    """``[N, V] float32 -> [N] float32`` log-sum-exp whose value does not depend on the summation order.
+
+    The max is exact; the sum of ``exp(z - max)`` accumulates in float64, so reordering (threads, batch shape,
+    device) changes it by ~1e-16 relative, far below float32 resolution.
+    """
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s = torch.exp(z - m).sum(dim=-1, dtype=torch.float64)
+    return (torch.log(s) + m.squeeze(-1).double()).float()
+
+
 def _canonical_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` largest of each row, descending, ties broken by ascending id (whatever topk's own tie order)."""
     vals, idx = torch.topk(z, k, dim=-1, largest=True, sorted=True)
@@ -110,7 +154,7 @@ def _canonical_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _topk(z: torch.Tensor, k: int) -> SparseLogits:
-    lse = torch.logsumexp(z, dim=-1)
+    lse = logsumexp(z)
     vals, idx = _canonical_topk(z, k)
     n = z.shape[0]
     return SparseLogits(
@@ -122,7 +166,7 @@ def _topk(z: torch.Tensor, k: int) -> SparseLogits:
 
 
 def _topp(z: torch.Tensor, p: float, k_min: int, k_max: int) -> SparseLogits:
-    lse = torch.logsumexp(z, dim=-1)
+    lse = logsumexp(z)
     k_max = min(k_max, z.shape[-1])
     vals, idx = _canonical_topk(z, k_max)
     logprobs = vals - lse[:, None]
@@ -136,7 +180,7 @@ def _topp(z: torch.Tensor, p: float, k_min: int, k_max: int) -> SparseLogits:
 
 def _dense(z: torch.Tensor) -> SparseLogits:
     n, vocab = z.shape
-    lse = torch.logsumexp(z, dim=-1)
+    lse = logsumexp(z)
     return SparseLogits(
         lse=lse,
         nnz=torch.full((n,), vocab, dtype=torch.int64, device=z.device),
@@ -151,12 +195,12 @@ def _sample(
     from logitstore.rng import uniforms
 
     rows, vocab = z.shape
-    lse = torch.logsumexp(z, dim=-1)
+    lse = logsumexp(z)
     if temperature == 1.0:
         qz, qlse = z, lse
     else:
         qz = z / temperature
-        qlse = torch.logsumexp(qz, dim=-1)
+        qlse = logsumexp(qz)
     # Inverse-CDF sampling on a float64 CDF: exact enough that even ~1e-12 probabilities keep their odds.
     cdf = torch.cumsum(torch.exp(qz - qlse[:, None]), dim=-1, dtype=torch.float64)
     u = uniforms(streams, positions, n) * cdf[:, -1:]

@@ -1,0 +1,183 @@
+"""The sparsifiers against plain float64 references: exact lse, top-k/top-p semantics, unbiased sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from logitstore import Spec
+from logitstore.errors import InvalidInputError
+from logitstore.rng import position_streams
+from logitstore.sparsify import sparsify
+from tests.conftest import teacher_like_logits
+
+
+def _run(logits: torch.Tensor, spec: Spec, seed_keys: list[bytes] | None = None, **kw) -> dict:
+    keys = seed_keys or [bytes(16)]
+    per = logits.shape[0] // len(keys)
+    streams, positions = position_streams(spec.seed, keys, [per] * len(keys))
+    return sparsify(logits, spec, streams=streams, positions=positions, **kw).numpy()
+
+
+def _split(x: np.ndarray, nnz: np.ndarray) -> list[np.ndarray]:
+    return np.split(x, np.cumsum(nnz)[:-1])
+
+
+@pytest.fixture
+def logits(rng) -> torch.Tensor:
+    return teacher_like_logits(rng, 48, 5000)
+
+
+def test_lse_is_exact(logits) -> None:
+    out = _run(logits, Spec(method="topk", k=4))
+    ref = torch.logsumexp(logits.double(), -1).numpy()
+    np.testing.assert_allclose(out["lse"], ref, rtol=1e-6)
+    assert out["lse"].dtype == np.float32
+
+
+def test_topk_keeps_the_k_largest_and_tail_mass_is_exact(logits) -> None:
+    k = 20
+    out = _run(logits, Spec(method="topk", k=k))
+    z = logits.double().numpy()
+    p = np.exp(z - torch.logsumexp(logits.double(), -1).numpy()[:, None])
+    for t, (ids, lp) in enumerate(zip(_split(out["ids"], out["nnz"]), _split(out["logprobs"], out["nnz"]))):
+        ref_ids = np.argsort(-z[t], kind="stable")[:k]
+        assert set(ids) == set(ref_ids)
+        assert np.all(np.diff(lp) <= 0), "rank order: descending logprob"
+        np.testing.assert_allclose(lp, np.log(p[t, ids]), atol=2e-5)
+        tail = 1.0 - np.exp(lp.astype(np.float64)).sum()  # what a loss computes from the stored lse
+        ref_tail = p[t].sum() - p[t, ids].sum()
+        assert tail == pytest.approx(ref_tail, abs=1e-5)
+
+
+def test_topk_kept_entries_are_in_canonical_order_with_ties() -> None:
+    """Equal values are ordered by ascending id, whatever order torch.topk returned them in."""
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 3.0, 5.0]])
+    ids = _run(logits, Spec(method="topk", k=4))["ids"].tolist()
+    assert ids[0] == 6 and ids[1:] == sorted(ids[1:]) and set(ids[1:]) <= {1, 2, 4, 5}
+    bigger = _run(torch.cat([torch.randn(5, 7), logits]), Spec(method="topk", k=4))["ids"][-4:].tolist()
+    assert bigger == ids  # the tie resolution is a function of the row alone
+
+
+@pytest.mark.parametrize(("p", "k_min", "k_max"), [(0.5, 1, 100), (0.9, 1, 100), (0.95, 5, 100), (0.99, 1, 8), (1.0, 1, 30)])
+def test_topp_is_the_smallest_prefix_reaching_p_clamped(logits, p: float, k_min: int, k_max: int) -> None:
+    out = _run(logits, Spec(method="topp", k=k_max, p=p, k_min=k_min))
+    probs = torch.softmax(logits.double(), -1).numpy()
+    for t, ids in enumerate(_split(out["ids"], out["nnz"])):
+        sorted_p = np.sort(probs[t])[::-1]
+        cum = np.cumsum(sorted_p)
+        smallest = int(np.searchsorted(cum, p - 1e-12) + 1)  # first m with cum[m-1] >= p
+        assert len(ids) == min(max(smallest, k_min), k_max)
+        np.testing.assert_allclose(np.sort(probs[t, ids])[::-1], sorted_p[: len(ids)], rtol=1e-6)
+
+
+def test_topp_clamps_visible_on_peaked_and_flat_rows() -> None:
+    peaked = torch.tensor([[10.0] + [0.0] * 99])  # one token carries > 0.99
+    flat = torch.zeros(1, 100)  # p=0.9 would need 90 tokens
+    spec = Spec(method="topp", k=20, p=0.9, k_min=3)
+    assert _run(peaked, spec)["nnz"].tolist() == [3]
+    assert _run(flat, spec)["nnz"].tolist() == [20]
+
+
+def test_dense_is_log_softmax(logits) -> None:
+    out = _run(logits[:4], Spec(method="dense"))
+    ref = torch.log_softmax(logits[:4].double(), -1).numpy().ravel()
+    np.testing.assert_allclose(out["logprobs"], ref, atol=2e-5)
+    assert out["ids"].tolist() == list(range(5000)) * 4
+
+
+def test_sample_counts_ids_and_logprobs(logits) -> None:
+    n = 50
+    out = _run(logits, Spec(method="sample", n=n, seed=3))
+    ref = torch.log_softmax(logits.double(), -1).numpy()
+    for t, (ids, c, lp) in enumerate(zip(_split(out["ids"], out["nnz"]), _split(out["counts"], out["nnz"]),
+                                         _split(out["logprobs"], out["nnz"]))):
+        assert c.sum() == n and c.min() >= 1
+        assert np.all(np.diff(ids) > 0), "unique ids in ascending order"
+        np.testing.assert_allclose(lp, ref[t, ids], atol=2e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, 2.0])
+def test_sample_estimator_is_unbiased(tau: float) -> None:
+    """Over S = 4000 independent draws of n = 20 from one distribution over 12 ids, the importance-weighted
+    estimate  mean_s sum_{i in draws} (c_i / n) * p_i / q_i  of each p_i has standard error
+    sqrt(Var_q[w 1{i}] / (n S)); every id must lie within 5 standard errors (a false alarm is ~1e-5)."""
+    z = torch.tensor([4.0, 3.0, 2.5, 2.0, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0, -5.0, -8.0])
+    n, s_draws = 20, 4000
+    logits = z.repeat(s_draws, 1)
+    out = _run(logits, Spec(method="sample", n=n, seed=11, proposal_temperature=tau))
+    p = torch.softmax(z.double(), 0).numpy()
+    q = torch.softmax(z.double() / tau, 0).numpy()
+    row = np.repeat(np.arange(s_draws), out["nnz"])
+    est = np.zeros((s_draws, len(z)))
+    w = out["counts"] / n * p[out["ids"]] / q[out["ids"]]
+    np.add.at(est, (row, out["ids"]), w)
+    mean = est.mean(0)
+    se = est.std(0) / np.sqrt(s_draws) + 1e-12
+    z_scores = (mean - p) / se
+    well_sampled = n * s_draws * q > 100  # ids a sharp proposal almost never draws carry no usable signal here
+    assert well_sampled.sum() >= 5
+    assert np.all(np.abs(z_scores[well_sampled]) < 5), z_scores
+    if tau == 1.0:
+        assert out["proposal_lse"] is None
+    else:
+        np.testing.assert_allclose(out["proposal_lse"][:1], torch.logsumexp(z.double() / tau, 0).numpy(), rtol=1e-6)
+
+
+def test_sample_mean_over_seeds_converges_to_p() -> None:
+    """The plain RS-KD target c/n, averaged over 300 seeds x 10 positions, is within 5 standard errors of p."""
+    z = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0])
+    p = torch.softmax(z.double(), 0).numpy()
+    n, seeds, reps = 16, 300, 10
+    acc = np.zeros((seeds * reps, len(z)))
+    for s in range(seeds):
+        out = _run(z.repeat(reps, 1), Spec(method="sample", n=n, seed=s))
+        row = np.repeat(np.arange(reps), out["nnz"]) + s * reps
+        np.add.at(acc, (row, out["ids"]), out["counts"] / n)
+    se = np.sqrt(p * (1 - p) / (n * seeds * reps))
+    assert np.all(np.abs(acc.mean(0) - p) < 5 * se)
+
+
+@pytest.mark.parametrize("method", ["topk", "topp", "sample", "dense"])
+def test_results_do_not_depend_on_chunk_size_or_batch_split(rng, method: str) -> None:
+    spec = {"topk": Spec(method="topk", k=32), "topp": Spec(method="topp", k=64, p=0.9),
+            "sample": Spec(method="sample", n=50, proposal_temperature=0.8), "dense": Spec(method="dense")}[method]
+    vocab = 3000 if method == "dense" else 40000
+    logits = teacher_like_logits(rng, 24, vocab)
+    keys = [bytes([i]) * 16 for i in range(3)]
+    whole = _run(logits, spec, keys)
+    tiny_chunks = _run(logits, spec, keys, chunk_elements=vocab)  # one position per chunk
+    # batch split: each sequence sparsified on its own
+    parts = [_run(logits[i * 8:(i + 1) * 8], spec, [keys[i]]) for i in range(3)]
+    for name, value in whole.items():
+        if value is None:
+            continue
+        assert np.array_equal(value, tiny_chunks[name]), name
+        assert np.array_equal(value, np.concatenate([p[name] for p in parts])), name
+
+
+def test_large_vocabulary_ids_survive(rng) -> None:
+    vocab = 262_144
+    logits = torch.full((2, vocab), -5.0)
+    logits[0, vocab - 1] = 10.0
+    logits[1, 131_073] = 10.0
+    out = _run(logits, Spec(method="topk", k=1))
+    assert out["ids"].tolist() == [vocab - 1, 131_073]
+    out = _run(logits, Spec(method="sample", n=5))
+    assert vocab - 1 in out["ids"] and 131_073 in out["ids"]
+
+
+def test_bf16_logits_are_accepted(logits) -> None:
+    out = _run(logits.to(torch.bfloat16), Spec(method="topk", k=8))
+    ref = torch.logsumexp(logits.to(torch.bfloat16).float(), -1).numpy()
+    np.testing.assert_allclose(out["lse"], ref, rtol=1e-6)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(InvalidInputError, match=r"floating-point \[N, V\] tensor"):
+        sparsify(torch.zeros(3, dtype=torch.int64), Spec(method="dense"))
+    with pytest.raises(InvalidInputError, match="needs streams and positions"):
+        sparsify(torch.zeros(2, 5), Spec(method="sample", n=3))
+    with pytest.raises(InvalidInputError, match="exceeds the teacher's vocabulary"):
+        sparsify(torch.zeros(2, 5), Spec(method="topk", k=6))
