@@ -21,7 +21,7 @@ import numpy as np
 
 from logitstore.errors import InvalidInputError
 from logitstore.keys import KEY_BYTES, content_key
-from logitstore.record import Record
+from logitstore.record import Record, position_mass
 from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF, Spec
 
 # The quantization step sits a hair below 2 * error_bound so that float rounding can never push an error past it.
@@ -81,7 +81,7 @@ def quant_step(spec: Spec) -> float:
 
 
 def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
-    """Raise :class:`InvalidInputError` naming the first record that breaks the format's invariants."""
+    """Raise :class:`InvalidInputError` naming the first problem with records read back from a shard."""
     for r in records:
         _check_record(r, spec, vocab_size)
     if records:
@@ -91,6 +91,7 @@ def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
             np.concatenate([r.nnz for r in records]).astype(np.uint32),
             spec,
             vocab_size,
+            decoded=True,
         )
 
 
@@ -105,7 +106,7 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
     nnz = np.concatenate([r.nnz for r in records]).astype(np.uint32)
     ids = np.concatenate([r.ids for r in records]).astype(np.int64)
     logprobs = np.concatenate([r.logprobs for r in records]).astype(np.float32)
-    _check_entries(ids, logprobs, nnz, spec, vocab_size)
+    mass = _check_entries(ids, logprobs, nnz, spec, vocab_size)
     cols = Columns(
         seq_ids=np.array([r.seq_id for r in records], dtype=np.int64),
         keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),
@@ -122,7 +123,7 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
             if spec.has_proposal_lse else None
         ),
     )
-    cols._kept_mass_sum = float(np.exp(logprobs.astype(np.float64)).sum())  # type: ignore[attr-defined]
+    cols._kept_mass_sum = float(mass.sum())  # type: ignore[attr-defined]
     return cols
 
 
@@ -202,7 +203,10 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
             raise InvalidInputError(f"{where}: counts at position {bad} sum to {int(sums[bad])}, expected n={n}")
 
 
-def _check_entries(ids: np.ndarray, logprobs: np.ndarray, nnz: np.ndarray, spec: Spec, vocab_size: int) -> None:
+def _check_entries(
+    ids: np.ndarray, logprobs: np.ndarray, nnz: np.ndarray, spec: Spec, vocab_size: int, *, decoded: bool = False
+) -> np.ndarray:
+    """Check entry invariants; returns the per-position stored mass ``[P] float64``."""
     max_nnz = spec.max_entries(vocab_size)
     if nnz.size and int(nnz.max()) > max_nnz:
         raise InvalidInputError(f"a position has {int(nnz.max())} entries; {spec.describe()} keeps at most {max_nnz}")
@@ -224,10 +228,20 @@ def _check_entries(ids: np.ndarray, logprobs: np.ndarray, nnz: np.ndarray, spec:
             raise InvalidInputError(
                 f"entries of {spec.method!r} records must be unique ids in ascending order within each position"
             )
-    elif not np.all(np.diff(logprobs)[inner[1:]] <= 0):
+    elif np.any(np.diff(logprobs)[inner[1:]] > 0):  # "> 0", not "<= 0": two -inf entries differ by NaN
         raise InvalidInputError(
             f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
         )
+    mass = position_mass(logprobs, nnz)
+    # Quantized values may overshoot each probability by exp(error_bound); exact ones only by float rounding.
+    limit = 1.0 + 1e-3 + (np.expm1(spec.encoding.error_bound) if decoded else 0.0)
+    if mass.size and float(mass.max()) > limit:
+        t = int(np.argmax(mass))
+        raise InvalidInputError(
+            f"the stored probabilities of position {t} sum to {float(mass[t]):.4f} > 1: logprobs must be "
+            "log-softmax values of the teacher's logits (logits - lse), not raw logits"
+        )
+    return mass
 
 
 def _inner_mask(nnz: np.ndarray) -> np.ndarray:

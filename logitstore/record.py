@@ -52,8 +52,7 @@ class Record:
 
     def kept_mass(self) -> np.ndarray:
         """``[T] float64``: teacher probability mass of the stored ids at each position."""
-        pos = np.repeat(np.arange(len(self.nnz)), self.nnz)
-        return np.bincount(pos, weights=np.exp(self.logprobs.astype(np.float64)), minlength=len(self.nnz))
+        return position_mass(self.logprobs, self.nnz)
 
     def slice(self, start: int, stop: int) -> Record:
         """The positions ``start..stop-1`` of this record (same seq_id and key)."""
@@ -97,6 +96,12 @@ class Record:
         if not np.array_equal(inf_a, inf_b):
             return False
         return bool(np.all(np.abs(a[~inf_a] - b[~inf_b]) <= logprob_atol))
+
+
+def position_mass(logprobs: np.ndarray, nnz: np.ndarray) -> np.ndarray:
+    """``logprobs [E]``, ``nnz [P]`` -> ``[P] float64`` stored teacher probability mass of each position."""
+    pos = np.repeat(np.arange(len(nnz)), np.asarray(nnz, dtype=np.int64))
+    return np.bincount(pos, weights=np.exp(logprobs.astype(np.float64)), minlength=len(nnz))
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:

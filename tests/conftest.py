@@ -58,8 +58,11 @@ def synthetic_record(
             span = int(gaps.sum())
             ids = rng.integers(0, vocab_size - span) + np.cumsum(gaps)
         lp = -rng.exponential(5.0, size=k).clip(max=30)
+        # normalize so the stored entries carry a random share of the mass (all of it when dense)
+        kept = 1.0 if m == "dense" else rng.uniform(0.2, 1.0)
+        lp = lp - np.log(np.exp(lp).sum()) + np.log(kept)
         if neg_inf and k > 1 and rng.random() < 0.3:
-            lp[rng.integers(0, k)] = -np.inf
+            lp[rng.integers(0, k, size=2)] = -np.inf  # masked logits, sometimes two at once
         if spec.entry_order == "rank":
             ids = rng.permutation(ids)
             lp = np.sort(lp)[::-1]
