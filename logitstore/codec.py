@@ -228,10 +228,14 @@ def _check_entries(
             raise InvalidInputError(
                 f"entries of {spec.method!r} records must be unique ids in ascending order within each position"
             )
-    elif np.any(np.diff(logprobs)[inner[1:]] > 0):  # "> 0", not "<= 0": two -inf entries differ by NaN
-        raise InvalidInputError(
-            f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
-        )
+    else:
+        with np.errstate(invalid="ignore"):  # two -inf entries differ by NaN, which "> 0" lets pass
+            rising = np.any(np.diff(logprobs)[inner[1:]] > 0)
+        if rising:
+            raise InvalidInputError(
+                f"entries of {spec.method!r} records must be in rank order (descending logprob) within each "
+                "position"
+            )
     mass = position_mass(logprobs, nnz)
     # Quantized values may overshoot each probability by exp(error_bound); exact ones only by float rounding.
     limit = 1.0 + 1e-3 + (np.expm1(spec.encoding.error_bound) if decoded else 0.0)
