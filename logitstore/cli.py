@@ -21,8 +21,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"FAIL {problem}", file=sys.stderr)
     if report.ok:
-        print(f"OK {report.location}: {report.shards_checked} shard(s), {report.sequences_checked} sequence(s) "
-              f"checked{' (checksums only)' if args.quick else ''}")
+        print(
+            f"OK {report.location}: {report.shards_checked} shard(s), {report.sequences_checked} sequence(s) "
+            f"checked{' (checksums only)' if args.quick else ''}"
+        )
         return 0
     print(f"{len(report.problems)} problem(s) in {report.location}", file=sys.stderr)
     return 1

@@ -120,7 +120,8 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
         counts=np.concatenate([r.counts for r in records]).astype(np.uint16) if spec.has_counts else None,  # type: ignore[misc]
         proposal_lse=(
             np.concatenate([r.proposal_lse for r in records]).astype(np.float32)  # type: ignore[misc]
-            if spec.has_proposal_lse else None
+            if spec.has_proposal_lse
+            else None
         ),
     )
     cols._kept_mass_sum = float(mass.sum())  # type: ignore[attr-defined]
@@ -167,7 +168,9 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
         raise InvalidInputError(f"{where} has no positions; every stored sequence needs at least one token")
     for name in ("lse", "nnz"):
         if getattr(r, name).shape != (t,):
-            raise InvalidInputError(f"{where}: {name} has shape {getattr(r, name).shape}, expected ({t},) like input_ids")
+            raise InvalidInputError(
+                f"{where}: {name} has shape {getattr(r, name).shape}, expected ({t},) like input_ids"
+            )
     if r.logprobs.shape != r.ids.shape:
         raise InvalidInputError(f"{where}: logprobs {r.logprobs.shape} and ids {r.ids.shape} differ in length")
     total = int(np.asarray(r.nnz, dtype=np.int64).sum())
@@ -211,8 +214,9 @@ def _check_entries(
     if nnz.size and int(nnz.max()) > max_nnz:
         raise InvalidInputError(f"a position has {int(nnz.max())} entries; {spec.describe()} keeps at most {max_nnz}")
     if spec.method == "topk" and nnz.size and int(nnz.min()) != max_nnz:
-        raise InvalidInputError(f"every position of {spec.describe()} holds exactly {max_nnz} entries, "
-                                f"found one with {int(nnz.min())}")
+        raise InvalidInputError(
+            f"every position of {spec.describe()} holds exactly {max_nnz} entries, found one with {int(nnz.min())}"
+        )
     if spec.method == "dense" and nnz.size and int(nnz.min()) != vocab_size:
         raise InvalidInputError(f"dense records hold all {vocab_size} logprobs per position")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
@@ -233,8 +237,7 @@ def _check_entries(
             rising = np.any(np.diff(logprobs)[inner[1:]] > 0)
         if rising:
             raise InvalidInputError(
-                f"entries of {spec.method!r} records must be in rank order (descending logprob) within each "
-                "position"
+                f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
             )
     mass = position_mass(logprobs, nnz)
     # Quantized values may overshoot each probability by exp(error_bound); exact ones only by float rounding.

@@ -8,13 +8,14 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 import numpy as np
+from typing_extensions import Self
 
 from logitstore.errors import ChecksumMismatchError, DatasetNotFoundError, SequenceNotFoundError
 from logitstore.formats import READERS, ShardReader
 from logitstore.fs import digest, resolve
 from logitstore.keyindex import KeyIndex
 from logitstore.keys import content_key, parse_key
-from logitstore.manifest import MANIFEST_NAME, FileInfo, Manifest
+from logitstore.manifest import MANIFEST_NAME, FileInfo, Manifest, ShardInfo
 from logitstore.record import Record
 
 
@@ -108,15 +109,15 @@ class Dataset:
             self._readers[shard] = reader
         return reader
 
-    def _check_digest(self, info: FileInfo | object, path: str) -> None:
-        rel = info.path  # type: ignore[attr-defined]
+    def _check_digest(self, info: FileInfo | ShardInfo, path: str) -> None:
+        rel = info.path
         if not self.fs.exists(path):
             raise ChecksumMismatchError(f"{rel} is missing from dataset {self.manifest.name!r}")
         nbytes, sha = digest(self.fs, path)
-        if nbytes != info.nbytes or sha != info.sha256:  # type: ignore[attr-defined]
+        if nbytes != info.nbytes or sha != info.sha256:
             raise ChecksumMismatchError(
                 f"{rel} is corrupt: {nbytes} bytes with sha256 {sha[:16]}..., manifest recorded "
-                f"{info.nbytes} bytes with sha256 {info.sha256[:16]}...; restore or rebuild it"  # type: ignore[attr-defined]
+                f"{info.nbytes} bytes with sha256 {info.sha256[:16]}...; restore or rebuild it"
             )
 
     def _check_seq_id(self, seq_id: int) -> int:
@@ -135,16 +136,20 @@ class Dataset:
             reader.close()
         self._readers.clear()
 
-    def __enter__(self) -> Dataset:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
         m = self.manifest
-        return (f"Dataset({m.name!r}, {m.spec.describe()}, backend={m.backend}, sequences={len(self)}, "
-                f"tokens={m.num_tokens})")
+        return (
+            f"Dataset({m.name!r}, {m.spec.describe()}, backend={m.backend}, sequences={len(self)}, "
+            f"tokens={m.num_tokens})"
+        )
 
 
 def open_dataset(location: str | os.PathLike[str], *, verify: bool = False) -> Dataset:

@@ -41,7 +41,7 @@ def digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
         for file in sorted(fs.find(path)):
             n, sha = _file_digest(fs, file)
             total += n
-            h.update(f"{file[len(base):]}\0{sha}\n".encode())
+            h.update(f"{file[len(base) :]}\0{sha}\n".encode())
         return total, h.hexdigest()
     return _file_digest(fs, path)
 

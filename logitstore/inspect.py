@@ -36,13 +36,18 @@ def summarize(location: str | os.PathLike[str]) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     enc = s["spec"]["encoding"]
-    encoding = "lossless (float32)" if enc["logprobs"] == "float32" else f"q16, logprob error <= {enc['error_bound']} nats"
+    encoding = (
+        "lossless (float32)" if enc["logprobs"] == "float32" else f"q16, logprob error <= {enc['error_bound']} nats"
+    )
     tok = s["tokenizer"]
     rows = [
         ("dataset", f"{s['name']}  ({s['location']})"),
         ("created", s["created_at"]),
-        ("teacher", f"{s['teacher']['name']}  logit dim {s['teacher']['vocab_size']:,}"
-                    + (f", {s['teacher']['dtype']}" if s["teacher"].get("dtype") else "")),
+        (
+            "teacher",
+            f"{s['teacher']['name']}  logit dim {s['teacher']['vocab_size']:,}"
+            + (f", {s['teacher']['dtype']}" if s["teacher"].get("dtype") else ""),
+        ),
         ("tokenizer", f"{tok.get('name') or '-'}  vocab {tok['vocab_size']:,}" if tok.get("vocab_size") else "-"),
         ("method", f"{s['method']}  seed {s['spec'].get('seed', 0)}"),
         ("encoding", f"{encoding}  backend {s['backend']}"),

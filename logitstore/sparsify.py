@@ -86,50 +86,53 @@ def sparsify(
                 f"streams must be [{n_rows}, 2] and positions [{n_rows}], got {tuple(streams.shape)} and "
                 f"{tuple(positions.shape)}"
             )
-    rows = max(1, chunk_elements // max(vocab, 1))
+    if streams is None or positions is None:  # unused by the deterministic methods
+        streams = positions = torch.zeros((n_rows, 2), dtype=torch.int64, device=logits.device)
+        positions = positions[:, 0]
+    rows = max(2, chunk_elements // max(vocab, 1))
     parts = []
     for start in range(0, n_rows, rows):
-        z = logits[start : start + rows].float()
-        if z.shape[0] == 1:
-            parts.append(_one_row(z, spec, streams, positions, start))
-            continue
-        if spec.method == "topk":
-            parts.append(_topk(z, spec.k))  # type: ignore[arg-type]
-        elif spec.method == "topp":
-            parts.append(_topp(z, spec.p, spec.effective_k_min, spec.k))  # type: ignore[arg-type]
-        elif spec.method == "dense":
-            parts.append(_dense(z))
+        stop = min(start + rows, n_rows)
+        z = logits[start:stop].float()
+        if stop - start == 1:
+            # torch splits a lone row's reduction across threads, changing its bits: compute two copies instead
+            two = _apply(z.expand(2, -1), spec, streams[start:stop].expand(2, -1), positions[start:stop].expand(2))
+            parts.append(_first_row(two))
         else:
-            parts.append(
-                _sample(z, spec.n, spec.proposal_temperature,  # type: ignore[arg-type]
-                        streams[start : start + rows], positions[start : start + rows])  # type: ignore[index]
-            )
+            parts.append(_apply(z, spec, streams[start:stop], positions[start:stop]))
     if not parts:
         parts.append(_empty(logits.device, spec))
     return _concat(parts)
 
 
-def _one_row(
-    z: torch.Tensor, spec: Spec, streams: torch.Tensor | None, positions: torch.Tensor | None, start: int
-) -> SparseLogits:
-    """Sparsify a lone row as two copies of it and keep the first (see the module docstring)."""
-    z2 = z.expand(2, -1)
+def _apply(z: torch.Tensor, spec: Spec, streams: torch.Tensor, positions: torch.Tensor) -> SparseLogits:
+    """One chunk ``z [R, V] float32`` through the spec's method."""
+    if spec.method == "dense":
+        return _dense(z)
+    if spec.method == "sample":
+        assert spec.n is not None  # guaranteed by Spec
+        return _sample(z, spec.n, spec.proposal_temperature, streams, positions)
+    assert spec.k is not None  # guaranteed by Spec
     if spec.method == "topk":
-        out = _topk(z2, spec.k)  # type: ignore[arg-type]
-    elif spec.method == "topp":
-        out = _topp(z2, spec.p, spec.effective_k_min, spec.k)  # type: ignore[arg-type]
-    elif spec.method == "dense":
-        out = _dense(z2)
-    else:
-        out = _sample(z2, spec.n, spec.proposal_temperature,  # type: ignore[arg-type]
-                      streams[start : start + 1].expand(2, -1), positions[start : start + 1].expand(2))  # type: ignore[index]
+        return _topk(z, spec.k)
+    assert spec.p is not None
+    return _topp(z, spec.p, spec.effective_k_min, spec.k)
+
+
+def _first_row(out: SparseLogits) -> SparseLogits:
     first = int(out.nnz[0])
 
     def head(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
         return None if x is None else x[:n]
 
-    return SparseLogits(lse=out.lse[:1], nnz=out.nnz[:1], ids=out.ids[:first], logprobs=out.logprobs[:first],
-                        counts=head(out.counts, first), proposal_lse=head(out.proposal_lse, 1))
+    return SparseLogits(
+        lse=out.lse[:1],
+        nnz=out.nnz[:1],
+        ids=out.ids[:first],
+        logprobs=out.logprobs[:first],
+        counts=head(out.counts, first),
+        proposal_lse=head(out.proposal_lse, 1),
+    )
 
 
 def logsumexp(z: torch.Tensor) -> torch.Tensor:

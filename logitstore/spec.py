@@ -124,7 +124,8 @@ class Spec:
             )
         if m in ("topk", "topp"):
             if self.k is None:
-                raise InvalidInputError(f"method {m!r} needs k (the {'number of entries' if m == 'topk' else 'maximum entries'} per position), e.g. k=64")
+                what = "entries" if m == "topk" else "maximum entries"
+                raise InvalidInputError(f"method {m!r} needs k (the {what} per position), e.g. k=64")
             _check_int("k", self.k, 1, 2**31 - 1)
         if m == "topp":
             if self.p is None or not (0.0 < self.p <= 1.0):
@@ -163,9 +164,9 @@ class Spec:
         """Largest nnz a position can have for a teacher with ``vocab_size`` logits."""
         if self.method == "dense":
             return vocab_size
-        if self.method == "sample":
-            return min(self.n, vocab_size)  # type: ignore[type-var]
-        return min(self.k, vocab_size)  # type: ignore[type-var]
+        limit = self.n if self.method == "sample" else self.k
+        assert limit is not None  # guaranteed by __post_init__
+        return min(limit, vocab_size)
 
     def check_vocab(self, vocab_size: int) -> None:
         """Refuse parameters that cannot work with this logit dimension."""
@@ -178,8 +179,12 @@ class Spec:
 
     def describe(self) -> str:
         """Short human form, e.g. ``topk(k=64)``."""
-        params = {"topk": f"k={self.k}", "topp": f"p={self.p}, k_min={self.effective_k_min}, k_max={self.k}",
-                  "sample": f"n={self.n}, proposal_temperature={self.proposal_temperature}", "dense": ""}[self.method]
+        params = {
+            "topk": f"k={self.k}",
+            "topp": f"p={self.p}, k_min={self.effective_k_min}, k_max={self.k}",
+            "sample": f"n={self.n}, proposal_temperature={self.proposal_temperature}",
+            "dense": "",
+        }[self.method]
         return f"{self.method}({params})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +209,4 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
 def _refuse_unknown_keys(what: str, data: dict[str, Any], known: set[str]) -> None:
     unknown = set(data) - known
     if unknown:
-        raise InvalidInputError(
-            f"unknown {what} field(s) {sorted(unknown)}; known fields are {sorted(known)}"
-        )
+        raise InvalidInputError(f"unknown {what} field(s) {sorted(unknown)}; known fields are {sorted(known)}")

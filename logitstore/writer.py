@@ -14,6 +14,7 @@ from types import TracebackType
 
 import fsspec
 import numpy as np
+from typing_extensions import Self
 
 from logitstore import keyindex
 from logitstore.errors import DatasetExistsError, InvalidInputError
@@ -168,11 +169,17 @@ class DatasetWriter:
         if self.manifest is not None:
             raise InvalidInputError("this dataset is already finished; open a new DatasetWriter to write more")
         if record.seq_id != self._next_seq:
-            raise InvalidInputError(f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}")
+            raise InvalidInputError(
+                f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}"
+            )
         if self._writer is None:
             self._writer = open_shard_writer(
-                self.root, len(self.shards), backend=self.backend, spec=self.spec,
-                vocab_size=self.teacher.vocab_size, first_seq=self._next_seq,
+                self.root,
+                len(self.shards),
+                backend=self.backend,
+                spec=self.spec,
+                vocab_size=self.teacher.vocab_size,
+                first_seq=self._next_seq,
             )
         self._writer.write(record)
         self._next_seq += 1
@@ -192,8 +199,14 @@ class DatasetWriter:
             if not self.shards:
                 raise InvalidInputError("no records were written; a dataset holds at least one sequence")
             self.manifest = finalize(
-                self.root, backend=self.backend, spec=self.spec, teacher=self.teacher, shards=self.shards,
-                tokenizer=self.tokenizer, corpus=self.corpus, name=self.name,
+                self.root,
+                backend=self.backend,
+                spec=self.spec,
+                teacher=self.teacher,
+                shards=self.shards,
+                tokenizer=self.tokenizer,
+                corpus=self.corpus,
+                name=self.name,
             )
         return self.manifest
 
@@ -202,10 +215,12 @@ class DatasetWriter:
             self._writer.abort()
             self._writer = None
 
-    def __enter__(self) -> DatasetWriter:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.finish()
         else:

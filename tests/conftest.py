@@ -44,7 +44,8 @@ def synthetic_record(
     elif m == "topk":
         nnz = np.full(length, spec.k, dtype=np.int32)
     elif m == "topp":
-        nnz = rng.integers(spec.effective_k_min, min(spec.k, vocab_size) + 1, size=length).astype(np.int32)
+        k_max = min(spec.k, vocab_size)
+        nnz = rng.integers(min(spec.effective_k_min, k_max), k_max + 1, size=length).astype(np.int32)
     else:
         nnz = rng.integers(1, min(spec.n, vocab_size) + 1, size=length).astype(np.int32)
     ids_parts, lp_parts, count_parts = [], [], []

@@ -46,7 +46,9 @@ def test_server_and_workers_do_not_import_each_other() -> None:
 
 
 def test_importing_the_core_and_cli_loads_neither_ray_nor_fastapi() -> None:
-    code = ("import sys, logitstore, logitstore.cli, logitstore.verify, logitstore.inspect; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'fastapi', 'uvicorn', 'torch'}))")
+    code = (
+        "import sys, logitstore, logitstore.cli, logitstore.verify, logitstore.inspect; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'ray', 'fastapi', 'uvicorn', 'torch'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

@@ -11,6 +11,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+from typing_extensions import Self
 
 from logitstore import codec
 from logitstore.codec import Columns
@@ -96,10 +97,12 @@ class ShardWriter(ABC):
                 _remove(self.tmp_path)
                 self._done = True
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.abort()
 
     @abstractmethod
@@ -139,7 +142,7 @@ class ShardReader(ABC):
             records = codec.decode(cols, self.spec, self.vocab_size)
         except CorruptShardError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- any decoding failure means the shard is damaged
+        except Exception as exc:
             raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
         first = self.info.first_seq + start
         if len(records) != stop - start or any(r.seq_id != first + i for i, r in enumerate(records)):
@@ -150,7 +153,7 @@ class ShardReader(ABC):
         """``[n, 16] uint8`` content keys of all records in the shard."""
         try:
             keys = self._read_keys()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
         if keys.shape != (len(self), 16):
             raise CorruptShardError(f"shard {self.info.path} holds {keys.shape[0]} keys, expected {len(self)}")
@@ -162,8 +165,8 @@ class ShardReader(ABC):
     @abstractmethod
     def _read_keys(self) -> np.ndarray: ...
 
-    def close(self) -> None:  # noqa: B027 -- optional hook
-        pass
+    def close(self) -> None:  # noqa: B027 -- an optional hook: not every reader holds something to release
+        """Release open files and caches."""
 
 
 def _remove(path: Path) -> None:
@@ -177,5 +180,9 @@ def shard_metadata(spec: Spec, vocab_size: int) -> dict[str, Any]:
     """What a shard says about itself, so a lone shard file is still interpretable."""
     from logitstore.manifest import FORMAT_VERSION
 
-    return {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "vocab_size": vocab_size,
-            "entry_order": spec.entry_order}
+    return {
+        "format_version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "vocab_size": vocab_size,
+        "entry_order": spec.entry_order,
+    }

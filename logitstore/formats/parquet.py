@@ -44,9 +44,7 @@ class ParquetShardWriter(ShardWriter):
                 arrays[name] = pa.LargeListArray.from_arrays(pa.array(ent_off), pa.array(values))
         table = pa.table(arrays)
         if self._writer is None:
-            schema = table.schema.with_metadata(
-                {"logitstore": json.dumps(shard_metadata(self.spec, self.vocab_size))}
-            )
+            schema = table.schema.with_metadata({"logitstore": json.dumps(shard_metadata(self.spec, self.vocab_size))})
             split = [n for n in table.column_names if n not in ("seq_id", "key")]
             self._writer = pq.ParquetWriter(
                 self.tmp_path,
@@ -104,7 +102,9 @@ class ParquetShardReader(ShardReader):
 
     def _read_keys(self) -> np.ndarray:
         col = self._open().read(columns=["key"]).column("key").combine_chunks()
-        return np.frombuffer(col.buffers()[1], dtype=np.uint8, count=16 * len(col), offset=16 * col.offset).reshape(-1, 16)
+        return np.frombuffer(col.buffers()[1], dtype=np.uint8, count=16 * len(col), offset=16 * col.offset).reshape(
+            -1, 16
+        )
 
     def close(self) -> None:
         if self._file is not None:
@@ -114,7 +114,7 @@ class ParquetShardReader(ShardReader):
 
 
 def _offsets(lengths: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=dtype)
+    out: np.ndarray = np.zeros(len(lengths) + 1, dtype=dtype)
     np.cumsum(lengths, out=out[1:])
     return out
 

@@ -69,9 +69,9 @@ class ZarrShardReader(ShardReader):
                 store: Any = self.path
             else:
                 store = zarr.storage.FsspecStore.from_url(self.fs.unstrip_protocol(self.path), read_only=True)
-            group = zarr.open_group(store, mode="r", zarr_format=3)
-            lengths = group["lengths"][:]
-            num_entries = group["num_entries"][:]
+            group: Any = zarr.open_group(store, mode="r", zarr_format=3)
+            lengths = np.asarray(group["lengths"][...])
+            num_entries = np.asarray(group["num_entries"][...])
             self._tok = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             self._ent = np.concatenate([[0], np.cumsum(num_entries)]).astype(np.int64)
             self._group = group

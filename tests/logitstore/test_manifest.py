@@ -11,17 +11,36 @@ from logitstore.spec import Spec
 
 def _manifest(**kw) -> Manifest:
     shards = (
-        ShardInfo(path="shards/00000.parquet", first_seq=0, num_sequences=3, num_tokens=30, num_entries=300,
-                  kept_mass_sum=27.0, nbytes=1000, sha256="a" * 64),
-        ShardInfo(path="shards/00001.parquet", first_seq=3, num_sequences=2, num_tokens=20, num_entries=200,
-                  kept_mass_sum=18.0, nbytes=500, sha256="b" * 64),
+        ShardInfo(
+            path="shards/00000.parquet",
+            first_seq=0,
+            num_sequences=3,
+            num_tokens=30,
+            num_entries=300,
+            kept_mass_sum=27.0,
+            nbytes=1000,
+            sha256="a" * 64,
+        ),
+        ShardInfo(
+            path="shards/00001.parquet",
+            first_seq=3,
+            num_sequences=2,
+            num_tokens=20,
+            num_entries=200,
+            kept_mass_sum=18.0,
+            nbytes=500,
+            sha256="b" * 64,
+        ),
     )
-    args = dict(
-        name="ds", backend="parquet", spec=Spec(method="topk", k=10),
-        teacher=TeacherInfo(name="qwen", vocab_size=152064, dtype="bfloat16"),
-        tokenizer=TokenizerInfo(name="qwen", vocab_size=151936, vocab_hash="x", special_token_ids={"eos": 2}),
-        shards=shards, key_index=FileInfo(path="keys.idx", nbytes=136, sha256="c" * 64),
-    )
+    args = {
+        "name": "ds",
+        "backend": "parquet",
+        "spec": Spec(method="topk", k=10),
+        "teacher": TeacherInfo(name="qwen", vocab_size=152064, dtype="bfloat16"),
+        "tokenizer": TokenizerInfo(name="qwen", vocab_size=151936, vocab_hash="x", special_token_ids={"eos": 2}),
+        "shards": shards,
+        "key_index": FileInfo(path="keys.idx", nbytes=136, sha256="c" * 64),
+    }
     args.update(kw)
     return Manifest(**args)
 

@@ -41,7 +41,9 @@ def test_topk_keeps_the_k_largest_and_tail_mass_is_exact(logits) -> None:
     out = _run(logits, Spec(method="topk", k=k))
     z = logits.double().numpy()
     p = np.exp(z - torch.logsumexp(logits.double(), -1).numpy()[:, None])
-    for t, (ids, lp) in enumerate(zip(_split(out["ids"], out["nnz"]), _split(out["logprobs"], out["nnz"]))):
+    for t, (ids, lp) in enumerate(
+        zip(_split(out["ids"], out["nnz"]), _split(out["logprobs"], out["nnz"]), strict=True)
+    ):
         ref_ids = np.argsort(-z[t], kind="stable")[:k]
         assert set(ids) == set(ref_ids)
         assert np.all(np.diff(lp) <= 0), "rank order: descending logprob"
@@ -60,7 +62,9 @@ def test_topk_kept_entries_are_in_canonical_order_with_ties() -> None:
     assert bigger == ids  # the tie resolution is a function of the row alone
 
 
-@pytest.mark.parametrize(("p", "k_min", "k_max"), [(0.5, 1, 100), (0.9, 1, 100), (0.95, 5, 100), (0.99, 1, 8), (1.0, 1, 30)])
+@pytest.mark.parametrize(
+    ("p", "k_min", "k_max"), [(0.5, 1, 100), (0.9, 1, 100), (0.95, 5, 100), (0.99, 1, 8), (1.0, 1, 30)]
+)
 def test_topp_is_the_smallest_prefix_reaching_p_clamped(logits, p: float, k_min: int, k_max: int) -> None:
     out = _run(logits, Spec(method="topp", k=k_max, p=p, k_min=k_min))
     probs = torch.softmax(logits.double(), -1).numpy()
@@ -91,8 +95,14 @@ def test_sample_counts_ids_and_logprobs(logits) -> None:
     n = 50
     out = _run(logits, Spec(method="sample", n=n, seed=3))
     ref = torch.log_softmax(logits.double(), -1).numpy()
-    for t, (ids, c, lp) in enumerate(zip(_split(out["ids"], out["nnz"]), _split(out["counts"], out["nnz"]),
-                                         _split(out["logprobs"], out["nnz"]))):
+    for t, (ids, c, lp) in enumerate(
+        zip(
+            _split(out["ids"], out["nnz"]),
+            _split(out["counts"], out["nnz"]),
+            _split(out["logprobs"], out["nnz"]),
+            strict=True,
+        )
+    ):
         assert c.sum() == n and c.min() >= 1
         assert np.all(np.diff(ids) > 0), "unique ids in ascending order"
         np.testing.assert_allclose(lp, ref[t, ids], atol=2e-5)
@@ -141,15 +151,19 @@ def test_sample_mean_over_seeds_converges_to_p() -> None:
 
 @pytest.mark.parametrize("method", ["topk", "topp", "sample", "dense"])
 def test_results_do_not_depend_on_chunk_size_or_batch_split(rng, method: str) -> None:
-    spec = {"topk": Spec(method="topk", k=32), "topp": Spec(method="topp", k=64, p=0.9),
-            "sample": Spec(method="sample", n=50, proposal_temperature=0.8), "dense": Spec(method="dense")}[method]
+    spec = {
+        "topk": Spec(method="topk", k=32),
+        "topp": Spec(method="topp", k=64, p=0.9),
+        "sample": Spec(method="sample", n=50, proposal_temperature=0.8),
+        "dense": Spec(method="dense"),
+    }[method]
     vocab = 3000 if method == "dense" else 40000
     logits = teacher_like_logits(rng, 24, vocab)
     keys = [bytes([i]) * 16 for i in range(3)]
     whole = _run(logits, spec, keys)
     tiny_chunks = _run(logits, spec, keys, chunk_elements=vocab)  # one position per chunk
     # batch split: each sequence sparsified on its own
-    parts = [_run(logits[i * 8:(i + 1) * 8], spec, [keys[i]]) for i in range(3)]
+    parts = [_run(logits[i * 8 : (i + 1) * 8], spec, [keys[i]]) for i in range(3)]
     for name, value in whole.items():
         if value is None:
             continue

@@ -17,17 +17,32 @@ BACKENDS = ["parquet", "zarr"]
 @st.composite
 def specs(draw: st.DrawFn) -> Spec:
     method = draw(st.sampled_from(["topk", "topp", "sample", "dense"]))
-    encoding = draw(st.sampled_from([COMPACT, LOSSLESS, Spec(method="dense", encoding={"logprobs": "q16", "error_bound": 0.005}).encoding]))
+    encoding = draw(
+        st.sampled_from(
+            [COMPACT, LOSSLESS, Spec(method="dense", encoding={"logprobs": "q16", "error_bound": 0.005}).encoding]
+        )
+    )
     seed = draw(st.integers(0, 2**64 - 1))
     if method == "topk":
         return Spec(method="topk", k=draw(st.integers(1, 200)), seed=seed, encoding=encoding)
     if method == "topp":
         k = draw(st.integers(1, 150))
-        return Spec(method="topp", k=k, p=draw(st.floats(0.05, 1.0)), k_min=draw(st.integers(1, k)), seed=seed,
-                    encoding=encoding)
+        return Spec(
+            method="topp",
+            k=k,
+            p=draw(st.floats(0.05, 1.0)),
+            k_min=draw(st.integers(1, k)),
+            seed=seed,
+            encoding=encoding,
+        )
     if method == "sample":
-        return Spec(method="sample", n=draw(st.integers(1, 100)), seed=seed, encoding=encoding,
-                    proposal_temperature=draw(st.sampled_from([1.0, 0.7, 2.0])))
+        return Spec(
+            method="sample",
+            n=draw(st.integers(1, 100)),
+            seed=seed,
+            encoding=encoding,
+            proposal_temperature=draw(st.sampled_from([1.0, 0.7, 2.0])),
+        )
     return Spec(method="dense", seed=seed, encoding=encoding)
 
 
@@ -38,8 +53,12 @@ def datasets(draw: st.DrawFn) -> tuple[Spec, int, list[int]]:
     if spec.method == "dense":
         vocab = draw(st.integers(2, 3000))
     else:
-        vocab = draw(st.one_of(st.integers(max(2, spec.max_entries(10**9) if spec.method == "topk" else 2), 1000),
-                               st.integers(131_073, 300_000)))
+        vocab = draw(
+            st.one_of(
+                st.integers(max(2, spec.max_entries(10**9) if spec.method == "topk" else 2), 1000),
+                st.integers(131_073, 300_000),
+            )
+        )
     per_pos = spec.max_entries(vocab)
     max_t = max(1, min(4096, 400_000 // per_pos))
     lengths = draw(st.lists(st.integers(1, max_t), min_size=1, max_size=4))
@@ -48,12 +67,14 @@ def datasets(draw: st.DrawFn) -> tuple[Spec, int, list[int]]:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(case=datasets(), data_seed=st.integers(0, 2**32 - 1))
-def test_round_trip_every_method(tmp_path_factory: pytest.TempPathFactory, backend: str,
-                                 case: tuple[Spec, int, list[int]], data_seed: int) -> None:
+def test_round_trip_every_method(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, case: tuple[Spec, int, list[int]], data_seed: int
+) -> None:
     spec, vocab, lengths = case
     rng = np.random.default_rng(data_seed)
-    records = [synthetic_record(spec, rng, seq_id=i, length=t, vocab_size=vocab, neg_inf=True)
-               for i, t in enumerate(lengths)]
+    records = [
+        synthetic_record(spec, rng, seq_id=i, length=t, vocab_size=vocab, neg_inf=True) for i, t in enumerate(lengths)
+    ]
     root = tmp_path_factory.mktemp(backend) / "ds"
     with DatasetWriter(root, spec=spec, teacher=teacher(vocab), backend=backend, shard_entries=50_000) as w:
         for r in records:
@@ -68,7 +89,7 @@ def test_round_trip_every_method(tmp_path_factory: pytest.TempPathFactory, backe
         assert got.lse.dtype == np.float32 and got.ids.dtype == np.int32 and got.nnz.dtype == np.int32
         assert (got.counts is None) == (spec.method != "sample")
         assert ds.get_by_key(r.key).equals(ds[ds.find_key(r.key)[0]])
-    assert all(a.equals(b, logprob_atol=bound) for a, b in zip(ds.read_range(0, len(ds)), records))
+    assert all(a.equals(b, logprob_atol=bound) for a, b in zip(ds.read_range(0, len(ds)), records, strict=True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,8 +97,9 @@ def test_many_row_groups_and_shards(tmp_path, monkeypatch, rng, backend: str) ->
     """Records split over several shards and several flushes per shard still read back in order."""
     monkeypatch.setattr(formats_base, "FLUSH_ENTRIES", 300)
     spec = Spec(method="topk", k=16)
-    records = [synthetic_record(spec, rng, seq_id=i, length=int(rng.integers(1, 40)), vocab_size=5000)
-               for i in range(60)]
+    records = [
+        synthetic_record(spec, rng, seq_id=i, length=int(rng.integers(1, 40)), vocab_size=5000) for i in range(60)
+    ]
     with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(5000), backend=backend, shard_entries=2000) as w:
         for r in records:
             w.write(r)
