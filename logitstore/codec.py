@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from logitstore.errors import InvalidInputError
 from logitstore.keys import KEY_BYTES, content_key
-from logitstore.record import Record, position_mass
+from logitstore.record import Record
 from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF, Spec
 
 # The quantization step sits a hair below 2 * error_bound so that float rounding can never push an error past it.
@@ -80,15 +81,20 @@ def quant_step(spec: Spec) -> float:
     return spec.encoding.step * _STEP_MARGIN
 
 
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """Concatenate already-validated arrays straight into the storage dtype (one copy)."""
+    return np.concatenate(parts, dtype=dtype, casting="unsafe")
+
+
 def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
     """Raise :class:`InvalidInputError` naming the first problem with records read back from a shard."""
     for r in records:
         _check_record(r, spec, vocab_size)
     if records:
         _check_entries(
-            np.concatenate([r.ids for r in records]).astype(np.int64),
-            np.concatenate([r.logprobs for r in records]).astype(np.float32),
-            np.concatenate([r.nnz for r in records]).astype(np.uint32),
+            _cat([r.ids for r in records], np.int32),
+            _cat([r.logprobs for r in records], np.float32),
+            Segments(_cat([r.nnz for r in records], np.uint32)),
             spec,
             vocab_size,
             decoded=True,
@@ -103,23 +109,24 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
         _check_record(r, spec, vocab_size)
     lengths = np.array([len(r) for r in records], dtype=np.int64)
     num_entries = np.array([r.num_entries for r in records], dtype=np.int64)
-    nnz = np.concatenate([r.nnz for r in records]).astype(np.uint32)
-    ids = np.concatenate([r.ids for r in records]).astype(np.int64)
-    logprobs = np.concatenate([r.logprobs for r in records]).astype(np.float32)
-    mass = _check_entries(ids, logprobs, nnz, spec, vocab_size)
+    nnz = _cat([r.nnz for r in records], np.uint32)
+    ids = _cat([r.ids for r in records], np.int32)
+    logprobs = _cat([r.logprobs for r in records], np.float32)
+    seg = Segments(nnz)
+    mass = _check_entries(ids, logprobs, seg, spec, vocab_size)
     cols = Columns(
         seq_ids=np.array([r.seq_id for r in records], dtype=np.int64),
         keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),
         lengths=lengths,
         num_entries=num_entries,
-        input_ids=np.concatenate([r.input_ids for r in records]).astype(np.int32),
-        lse=np.concatenate([r.lse for r in records]).astype(np.float32),
+        input_ids=_cat([r.input_ids for r in records], np.int32),
+        lse=_cat([r.lse for r in records], np.float32),
         nnz=nnz,
-        ids=None if spec.method == "dense" else _encode_ids(ids, nnz, spec),
-        logprobs=_encode_logprobs(logprobs, nnz, spec),
-        counts=np.concatenate([r.counts for r in records]).astype(np.uint16) if spec.has_counts else None,  # type: ignore[misc]
+        ids=None if spec.method == "dense" else _encode_ids(ids, seg, spec),
+        logprobs=_encode_logprobs(logprobs, seg, spec),
+        counts=_cat([r.counts for r in records], np.uint16) if spec.has_counts else None,  # type: ignore[misc]
         proposal_lse=(
-            np.concatenate([r.proposal_lse for r in records]).astype(np.float32)  # type: ignore[misc]
+            _cat([r.proposal_lse for r in records], np.float32)  # type: ignore[misc]
             if spec.has_proposal_lse
             else None
         ),
@@ -131,11 +138,12 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
 def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
     """Physical :class:`Columns` -> one :class:`Record` per sequence (views into shared decoded arrays)."""
     nnz = cols.nnz.astype(np.int32)
+    seg = Segments(nnz)
     if spec.method == "dense":
         ids = np.tile(np.arange(vocab_size, dtype=np.int32), len(nnz))
     else:
-        ids = _decode_ids(cols.ids, nnz, spec)  # type: ignore[arg-type]
-    logprobs = _decode_logprobs(cols.logprobs, nnz, spec)
+        ids = _decode_ids(cols.ids, seg, spec)  # type: ignore[arg-type]
+    logprobs = _decode_logprobs(cols.logprobs, seg, spec)
     counts = None if cols.counts is None else cols.counts.astype(np.int32)
     tok = np.concatenate([[0], np.cumsum(cols.lengths)])
     ent = np.concatenate([[0], np.cumsum(cols.num_entries)])
@@ -173,6 +181,10 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
             )
     if r.logprobs.shape != r.ids.shape:
         raise InvalidInputError(f"{where}: logprobs {r.logprobs.shape} and ids {r.ids.shape} differ in length")
+    if r.ids.dtype != np.int32 and r.ids.size and (int(r.ids.min()) < 0 or int(r.ids.max()) >= 2**31):
+        raise InvalidInputError(f"{where}: ids must fit int32, got range [{r.ids.min()}, {r.ids.max()}]")
+    if r.nnz.size and int(np.min(r.nnz)) < 0:
+        raise InvalidInputError(f"{where}: nnz must be >= 0, got {int(np.min(r.nnz))}")
     total = int(np.asarray(r.nnz, dtype=np.int64).sum())
     if total != r.ids.shape[0]:
         raise InvalidInputError(f"{where}: nnz sums to {total} but {r.ids.shape[0]} ids were given")
@@ -207,9 +219,10 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
 
 
 def _check_entries(
-    ids: np.ndarray, logprobs: np.ndarray, nnz: np.ndarray, spec: Spec, vocab_size: int, *, decoded: bool = False
+    ids: np.ndarray, logprobs: np.ndarray, seg: Segments, spec: Spec, vocab_size: int, *, decoded: bool = False
 ) -> np.ndarray:
     """Check entry invariants; returns the per-position stored mass ``[P] float64``."""
+    nnz = seg.nnz
     max_nnz = spec.max_entries(vocab_size)
     if nnz.size and int(nnz.max()) > max_nnz:
         raise InvalidInputError(f"a position has {int(nnz.max())} entries; {spec.describe()} keeps at most {max_nnz}")
@@ -224,22 +237,18 @@ def _check_entries(
             f"token ids must be in [0, {vocab_size}) (the teacher's logit dimension), got range "
             f"[{ids.min()}, {ids.max()}]"
         )
-    if np.isnan(logprobs).any() or (logprobs > 1e-3).any():
+    if logprobs.size and not (logprobs.max() <= 1e-3):  # also catches NaN
         raise InvalidInputError("logprobs must be <= 0 and not NaN")
-    inner = _inner_mask(nnz)
     if spec.entry_order == "id":
-        if not np.all(np.diff(ids)[inner[1:]] > 0):
+        if not seg.strictly_rising(ids):
             raise InvalidInputError(
                 f"entries of {spec.method!r} records must be unique ids in ascending order within each position"
             )
-    else:
-        with np.errstate(invalid="ignore"):  # two -inf entries differ by NaN, which "> 0" lets pass
-            rising = np.any(np.diff(logprobs)[inner[1:]] > 0)
-        if rising:
-            raise InvalidInputError(
-                f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
-            )
-    mass = position_mass(logprobs, nnz)
+    elif seg.any_rising(logprobs):
+        raise InvalidInputError(
+            f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
+        )
+    mass = seg.sums(np.exp(logprobs, dtype=np.float64))
     # Quantized values may overshoot each probability by exp(error_bound); exact ones only by float rounding.
     limit = 1.0 + 1e-3 + (np.expm1(spec.encoding.error_bound) if decoded else 0.0)
     if mass.size and float(mass.max()) > limit:
@@ -251,70 +260,119 @@ def _check_entries(
     return mass
 
 
-def _inner_mask(nnz: np.ndarray) -> np.ndarray:
-    """``[E] bool``: True for entries that are not the first of their position."""
-    mask = np.ones(int(nnz.sum(dtype=np.int64)), dtype=bool)
-    starts = _starts(nnz)
-    mask[starts] = False
-    return mask
+class Segments:
+    """Entries grouped by position (``nnz [P]`` per position), with fast paths when every position holds the same
+    number of entries (top-k, dense), where a ``[P, k]`` reshape replaces segmented operations."""
 
+    def __init__(self, nnz: np.ndarray):
+        self.nnz = nnz
+        self.total = int(nnz.sum(dtype=np.int64))
+        first = int(nnz[0]) if nnz.size else 0
+        self.width: int | None = first if nnz.size and first > 0 and bool(np.all(nnz == first)) else None
+        self._starts: np.ndarray | None = None
 
-def _starts(nnz: np.ndarray) -> np.ndarray:
-    """Offsets of the first entry of every non-empty position."""
-    offsets = np.cumsum(nnz, dtype=np.int64) - nnz
-    return offsets[nnz > 0]
+    @property
+    def starts(self) -> np.ndarray:
+        """Offsets of the first entry of every non-empty position."""
+        if self._starts is None:
+            offsets = np.cumsum(self.nnz, dtype=np.int64) - self.nnz
+            self._starts = offsets[self.nnz > 0]
+        return self._starts
+
+    def _grid(self, x: np.ndarray) -> np.ndarray:
+        assert self.width is not None
+        return x.reshape(-1, self.width)
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """``[P]`` per-position sums of ``x [E]`` (float64)."""
+        if self.width is not None:
+            return self._grid(x).sum(axis=1, dtype=np.float64)
+        out = np.zeros(len(self.nnz), dtype=np.float64)
+        if self.total:
+            out[self.nnz > 0] = np.add.reduceat(x, self.starts, dtype=np.float64)
+        return out
+
+    def _inner_diff(self, x: np.ndarray) -> np.ndarray:
+        """Differences to the previous entry, for every entry that is not first in its position."""
+        if self.width is not None:
+            return np.diff(self._grid(x), axis=1).ravel()
+        mask = np.ones(self.total, dtype=bool)
+        mask[self.starts] = False
+        return np.diff(x)[mask[1:]]
+
+    def strictly_rising(self, x: np.ndarray) -> bool:
+        return bool(np.all(self._inner_diff(x.astype(np.int64, copy=False)) > 0))
+
+    def any_rising(self, x: np.ndarray) -> bool:
+        with np.errstate(invalid="ignore"):  # two -inf entries differ by NaN, which "> 0" lets pass
+            return bool(np.any(self._inner_diff(x) > 0))
+
+    def delta(self, x: np.ndarray) -> np.ndarray:
+        """Within each position: first value, then differences (uint32 arithmetic, wraps harmlessly)."""
+        if self.width is not None:
+            g = self._grid(x)
+            d = np.empty_like(g)
+            d[:, 0] = g[:, 0]
+            np.subtract(g[:, 1:], g[:, :-1], out=d[:, 1:])
+            return d.ravel()
+        d = np.empty_like(x)
+        if x.size:
+            d[0] = x[0]
+            np.subtract(x[1:], x[:-1], out=d[1:])
+            d[self.starts] = x[self.starts]
+        return d
+
+    def undelta(self, d: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`delta`: a cumulative sum that restarts at every position (uint32)."""
+        c = np.cumsum(d, dtype=np.uint32)  # one flat pass; numpy's axis=1 cumsum over short rows is much slower
+        if self.width is not None:
+            grid = c.reshape(-1, self.width)
+            base = grid[:, 0] - self._grid(d)[:, 0].astype(np.uint32)
+            grid -= base[:, None]
+            return c
+        if c.size:
+            base = c[self.starts] - d[self.starts].astype(np.uint32)
+            c -= np.repeat(base, self.nnz[self.nnz > 0])
+        return c
 
 
 # -- entries ------------------------------------------------------------------------------------------------------
 
 
-def _delta(x: np.ndarray, nnz: np.ndarray) -> np.ndarray:
-    """Within each position: first value, then differences (uint32 arithmetic, wraps harmlessly)."""
-    d = np.empty_like(x)
-    if x.size:
-        d[0] = x[0]
-        np.subtract(x[1:], x[:-1], out=d[1:])
-        starts = _starts(nnz)
-        d[starts] = x[starts]
-    return d
-
-
-def _undelta(d: np.ndarray, nnz: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_delta`: a cumulative sum that restarts at every position."""
-    c = np.cumsum(d, dtype=np.uint32)
-    if c.size:
-        starts = _starts(nnz)
-        base = c[starts] - d[starts].astype(np.uint32)
-        c -= np.repeat(base, nnz[nnz > 0])
-    return c
-
-
-def _encode_ids(ids: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+def _encode_ids(ids: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
     ids32 = ids.astype(np.uint32)
-    return _delta(ids32, nnz) if spec.entry_order == "id" else ids32
+    return seg.delta(ids32) if spec.entry_order == "id" else ids32
 
 
-def _decode_ids(stored: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
-    out = _undelta(stored, nnz) if spec.entry_order == "id" else stored
+def _decode_ids(stored: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
+    out = seg.undelta(stored) if spec.entry_order == "id" else stored
     return out.view(np.int32) if out.dtype == np.uint32 else out.astype(np.int32)
 
 
-def _encode_logprobs(logprobs: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+def _encode_logprobs(logprobs: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
     if spec.encoding.lossless:
         return logprobs.astype(np.float32)
-    scaled = np.rint(logprobs.astype(np.float64) * (-1.0 / quant_step(spec)))
-    codes = np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
+    scaled = logprobs.astype(np.float64)
+    scaled *= -1.0 / quant_step(spec)
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
+    codes = scaled.astype(np.uint16)
     codes[np.isneginf(logprobs)] = Q16_NEG_INF
-    codes16 = codes.astype(np.uint16)
     if spec.entry_order == "rank":
-        return _delta(codes16.astype(np.uint32), nnz).astype(np.uint16)
-    return codes16
+        return seg.delta(codes)  # non-decreasing within a position, so uint16 gaps never wrap
+    return codes
 
 
-def _decode_logprobs(stored: np.ndarray, nnz: np.ndarray, spec: Spec) -> np.ndarray:
+@lru_cache(maxsize=8)
+def _q16_table(step: float) -> np.ndarray:
+    """Decoded value of every uint16 code: ``-code * step``, and ``-inf`` for the sentinel."""
+    table = (np.arange(Q16_NEG_INF + 1, dtype=np.float64) * -step).astype(np.float32)
+    table[Q16_NEG_INF] = -np.inf
+    return table
+
+
+def _decode_logprobs(stored: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
     if spec.encoding.lossless:
         return stored.astype(np.float32, copy=False)
-    codes = _undelta(stored, nnz) if spec.entry_order == "rank" else stored
-    out = (codes * -quant_step(spec)).astype(np.float32)
-    out[codes == Q16_NEG_INF] = -np.inf
-    return out
+    codes = seg.undelta(stored) if spec.entry_order == "rank" else stored
+    return _q16_table(quant_step(spec))[codes]

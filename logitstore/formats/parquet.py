@@ -45,7 +45,8 @@ class ParquetShardWriter(ShardWriter):
         table = pa.table(arrays)
         if self._writer is None:
             schema = table.schema.with_metadata({"logitstore": json.dumps(shard_metadata(self.spec, self.vocab_size))})
-            split = [n for n in table.column_names if n not in ("seq_id", "key")]
+            # BYTE_STREAM_SPLIT is set per leaf column; a list column's leaf is "<name>.list.element".
+            split = [f"{n}.list.element" for n in table.column_names if n not in ("seq_id", "key")]
             self._writer = pq.ParquetWriter(
                 self.tmp_path,
                 schema,

@@ -22,7 +22,7 @@ _SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries")
 _TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _CHUNKS = {"seq": 1 << 12, "token": 1 << 16, "entry": 1 << 20}
-BLOSC_LEVEL = 5
+BLOSC_LEVEL = 3
 
 
 def _kind(name: str) -> str:
@@ -30,17 +30,23 @@ def _kind(name: str) -> str:
 
 
 class ZarrShardWriter(ShardWriter):
+    """Buffers each column and writes only whole chunks until :meth:`_close`, so no chunk is ever read back,
+    decompressed and rewritten (which ``Array.append`` does to a partial last chunk)."""
+
     _group: Any = None
+    _buffers: dict[str, list[np.ndarray]]
+    _written: dict[str, int]
 
     def _write_columns(self, cols: Columns) -> None:
         if self._group is None:
             self._group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
             self._group.attrs["logitstore"] = shard_metadata(self.spec, self.vocab_size)
+            self._buffers, self._written = {}, {}
         for name in (*_SEQ_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS):
             values = getattr(cols, name)
             if values is None:
                 continue
-            if name not in self._group:
+            if name not in self._buffers:
                 chunk = _CHUNKS[_kind(name)]
                 self._group.create_array(
                     name,
@@ -50,9 +56,29 @@ class ZarrShardWriter(ShardWriter):
                     compressors=[BloscCodec(cname="zstd", clevel=BLOSC_LEVEL, shuffle="shuffle")],
                     fill_value=0,
                 )
-            self._group[name].append(values, axis=0)
+                self._buffers[name], self._written[name] = [], 0
+            self._buffers[name].append(values)
+            self._drain(name, final=False)
+
+    def _drain(self, name: str, *, final: bool) -> None:
+        parts = self._buffers[name]
+        buffered = sum(len(p) for p in parts)
+        chunk = _CHUNKS[_kind(name)]
+        n = buffered if final else buffered - buffered % chunk
+        if n == 0:
+            return
+        data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        array = self._group[name]
+        start = self._written[name]
+        array.resize((start + n, *data.shape[1:]))
+        array[start : start + n] = data[:n]
+        self._written[name] = start + n
+        self._buffers[name] = [data[n:]] if n < len(data) else []
 
     def _close(self) -> None:
+        if self._group is not None:
+            for name in self._buffers:
+                self._drain(name, final=True)
         self._group = None
 
 
