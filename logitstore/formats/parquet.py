@@ -21,7 +21,7 @@ from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
 _TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _KEY_TYPE = pa.binary(16)
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1
 
 
 class ParquetShardWriter(ShardWriter):

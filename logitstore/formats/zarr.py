@@ -22,7 +22,7 @@ _SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries")
 _TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _CHUNKS = {"seq": 1 << 12, "token": 1 << 16, "entry": 1 << 20}
-BLOSC_LEVEL = 3
+BLOSC_LEVEL = 1
 
 
 def _kind(name: str) -> str:
