@@ -37,7 +37,8 @@ class Columns:
     keys: np.ndarray  # [n, 16] uint8
     lengths: np.ndarray  # [n] int64, positions per sequence
     num_entries: np.ndarray  # [n] int64, entries per sequence
-    input_ids: np.ndarray  # [P] int32
+    input_lengths: np.ndarray  # [n] int64, input tokens per sequence (= lengths, or anything for classifiers)
+    input_ids: np.ndarray  # [I] int32
     lse: np.ndarray  # [P] float32
     nnz: np.ndarray  # [P] uint32
     ids: np.ndarray | None  # [E] uint32 (None for dense)
@@ -52,6 +53,7 @@ class Columns:
         """Sequences ``start..stop-1`` of these columns (views, no copies)."""
         tok = np.concatenate([[0], np.cumsum(self.lengths)])
         ent = np.concatenate([[0], np.cumsum(self.num_entries)])
+        inp = np.concatenate([[0], np.cumsum(self.input_lengths)])
         a, b, c, d = int(tok[start]), int(tok[stop]), int(ent[start]), int(ent[stop])
 
         def cut(x: np.ndarray | None, lo: int, hi: int) -> np.ndarray | None:
@@ -62,7 +64,8 @@ class Columns:
             keys=self.keys[start:stop],
             lengths=self.lengths[start:stop],
             num_entries=self.num_entries[start:stop],
-            input_ids=self.input_ids[a:b],
+            input_lengths=self.input_lengths[start:stop],
+            input_ids=self.input_ids[int(inp[start]) : int(inp[stop])],
             lse=self.lse[a:b],
             nnz=self.nnz[a:b],
             ids=cut(self.ids, c, d),
@@ -119,6 +122,7 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
         keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),
         lengths=lengths,
         num_entries=num_entries,
+        input_lengths=np.array([len(r.input_ids) for r in records], dtype=np.int64),
         input_ids=_cat([r.input_ids for r in records], np.int32),
         lse=_cat([r.lse for r in records], np.float32),
         nnz=nnz,
@@ -147,6 +151,7 @@ def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
     counts = None if cols.counts is None else cols.counts.astype(np.int32)
     tok = np.concatenate([[0], np.cumsum(cols.lengths)])
     ent = np.concatenate([[0], np.cumsum(cols.num_entries)])
+    inp = np.concatenate([[0], np.cumsum(cols.input_lengths)])
     out = []
     for i in range(len(cols)):
         a, b, c, d = tok[i], tok[i + 1], ent[i], ent[i + 1]
@@ -154,7 +159,7 @@ def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
             Record(
                 seq_id=int(cols.seq_ids[i]),
                 key=cols.keys[i].tobytes(),
-                input_ids=cols.input_ids[a:b],
+                input_ids=cols.input_ids[inp[i] : inp[i + 1]],
                 lse=cols.lse[a:b],
                 nnz=nnz[a:b],
                 ids=ids[c:d],
@@ -172,13 +177,16 @@ def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
 def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
     t = len(r)
     where = f"record seq_id={r.seq_id}"
-    if t == 0:
-        raise InvalidInputError(f"{where} has no positions; every stored sequence needs at least one token")
+    if len(r.input_ids) == 0:
+        raise InvalidInputError(f"{where} has no input_ids; every stored sequence needs at least one token")
+    if t not in (len(r.input_ids), 1):
+        raise InvalidInputError(
+            f"{where}: lse has {t} positions for {len(r.input_ids)} input_ids; a language-model record has one "
+            "position per input token, a classifier record exactly one"
+        )
     for name in ("lse", "nnz"):
         if getattr(r, name).shape != (t,):
-            raise InvalidInputError(
-                f"{where}: {name} has shape {getattr(r, name).shape}, expected ({t},) like input_ids"
-            )
+            raise InvalidInputError(f"{where}: {name} has shape {getattr(r, name).shape}, expected ({t},) like lse")
     if r.logprobs.shape != r.ids.shape:
         raise InvalidInputError(f"{where}: logprobs {r.logprobs.shape} and ids {r.ids.shape} differ in length")
     if r.ids.dtype != np.int32 and r.ids.size and (int(r.ids.min()) < 0 or int(r.ids.max()) >= 2**31):

@@ -13,6 +13,9 @@ from logitstore.errors import InvalidInputError
 class Record:
     """One sequence (ARCHITECTURE §2). ``T`` positions, ``E = nnz.sum()`` entries grouped by position.
 
+    For a language model T = ``len(input_ids)`` and position t predicts token t+1; for a sequence classifier
+    T = 1 and the single position holds the distribution over classes for the whole of ``input_ids``.
+
     Attributes:
         seq_id: 0..N-1 in corpus order.
         key: 16-byte blake2b-128 content key of ``input_ids``.
@@ -37,7 +40,8 @@ class Record:
     proposal_lse: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
+        """Number of positions T (``len(input_ids)`` for a language model, 1 for a sequence classifier)."""
+        return int(self.lse.shape[0])
 
     @property
     def num_entries(self) -> int:
@@ -64,10 +68,11 @@ class Record:
             )
         off = self.offsets
         a, b = int(off[start]), int(off[stop])
+        classifier = len(self.input_ids) != t
         return Record(
             seq_id=self.seq_id,
             key=self.key,
-            input_ids=self.input_ids[start:stop],
+            input_ids=self.input_ids if classifier else self.input_ids[start:stop],
             lse=self.lse[start:stop],
             nnz=self.nnz[start:stop],
             ids=self.ids[a:b],

@@ -18,7 +18,7 @@ from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
 
-_TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
+_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _KEY_TYPE = pa.binary(16)
 ZSTD_LEVEL = 1
@@ -33,6 +33,9 @@ class ParquetShardWriter(ShardWriter):
         arrays = {
             "seq_id": pa.array(cols.seq_ids),
             "key": pa.FixedSizeBinaryArray.from_buffers(_KEY_TYPE, len(cols), [None, pa.py_buffer(cols.keys)]),
+            "input_ids": pa.ListArray.from_arrays(
+                pa.array(_offsets(cols.input_lengths, np.int32)), pa.array(cols.input_ids)
+            ),
         }
         for name in _TOKEN_COLUMNS:
             values = getattr(cols, name)
@@ -133,15 +136,17 @@ def _list_values(table: pa.Table, name: str) -> tuple[np.ndarray | None, np.ndar
 def _table_to_columns(table: pa.Table) -> Columns:
     keys = table.column("key").combine_chunks()
     key_bytes = np.frombuffer(keys.buffers()[1], dtype=np.uint8, count=16 * len(keys), offset=16 * keys.offset)
-    input_ids, lengths = _list_values(table, "input_ids")
+    input_ids, input_lengths = _list_values(table, "input_ids")
+    lse, lengths = _list_values(table, "lse")
     logprobs, num_entries = _list_values(table, "logprobs")
     return Columns(
         seq_ids=table.column("seq_id").to_numpy(),
         keys=key_bytes.reshape(-1, 16),
         lengths=lengths,  # type: ignore[arg-type]
         num_entries=num_entries,  # type: ignore[arg-type]
+        input_lengths=input_lengths,  # type: ignore[arg-type]
         input_ids=input_ids,  # type: ignore[arg-type]
-        lse=_list_values(table, "lse")[0],  # type: ignore[arg-type]
+        lse=lse,  # type: ignore[arg-type]
         nnz=_list_values(table, "nnz")[0],  # type: ignore[arg-type]
         ids=_list_values(table, "ids")[0],
         logprobs=logprobs,  # type: ignore[arg-type]

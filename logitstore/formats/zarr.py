@@ -1,9 +1,10 @@
 """Zarr v3 shards: one group per shard, one 1-D array per physical column.
 
-Per-sequence arrays (``seq_ids``, ``keys``, ``lengths``, ``num_entries``) locate each sequence's slice of the
-flat per-position arrays (``input_ids``, ``lse``, ``nnz``, ``proposal_lse``) and per-entry arrays (``ids``,
-``logprobs``, ``counts``). Chunks are compressed with Blosc(zstd, byte shuffle). Random access reads only the
-chunks a sequence's slices touch. Group attributes (``logitstore``) hold the spec and vocabulary size.
+Per-sequence arrays (``seq_ids``, ``keys``, ``lengths``, ``num_entries``, ``input_lengths``) locate each
+sequence's slice of the flat input array (``input_ids``), per-position arrays (``lse``, ``nnz``,
+``proposal_lse``) and per-entry arrays (``ids``, ``logprobs``, ``counts``). Chunks are compressed with
+Blosc(zstd, byte shuffle). Random access reads only the chunks a sequence's slices touch. Group attributes
+(``logitstore``) hold the spec and vocabulary size.
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ from logitstore.codec import Columns
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
 from logitstore.fs import is_local
 
-_SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries")
-_TOKEN_COLUMNS = ("input_ids", "lse", "nnz", "proposal_lse")
+_SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries", "input_lengths")
+_INPUT_COLUMNS = ("input_ids",)
+_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
-_CHUNKS = {"seq": 1 << 12, "token": 1 << 16, "entry": 1 << 20}
+_ALL_COLUMNS = (*_SEQ_COLUMNS, *_INPUT_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS)
+_CHUNKS = {"seq": 1 << 12, "input": 1 << 16, "token": 1 << 16, "entry": 1 << 20}
 BLOSC_LEVEL = 1
 
 
 def _kind(name: str) -> str:
-    return "seq" if name in _SEQ_COLUMNS else "token" if name in _TOKEN_COLUMNS else "entry"
+    if name in _SEQ_COLUMNS:
+        return "seq"
+    if name in _INPUT_COLUMNS:
+        return "input"
+    return "token" if name in _TOKEN_COLUMNS else "entry"
 
 
 class ZarrShardWriter(ShardWriter):
@@ -42,7 +49,7 @@ class ZarrShardWriter(ShardWriter):
             self._group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
             self._group.attrs["logitstore"] = shard_metadata(self.spec, self.vocab_size)
             self._buffers, self._written = {}, {}
-        for name in (*_SEQ_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS):
+        for name in _ALL_COLUMNS:
             values = getattr(cols, name)
             if values is None:
                 continue
@@ -88,6 +95,7 @@ class ZarrShardReader(ShardReader):
         self._group: Any = None
         self._tok: np.ndarray | None = None
         self._ent: np.ndarray | None = None
+        self._inp: np.ndarray | None = None
 
     def _open(self) -> Any:
         if self._group is None:
@@ -100,19 +108,22 @@ class ZarrShardReader(ShardReader):
             num_entries = np.asarray(group["num_entries"][...])
             self._tok = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             self._ent = np.concatenate([[0], np.cumsum(num_entries)]).astype(np.int64)
+            input_lengths = np.asarray(group["input_lengths"][...])
+            self._inp = np.concatenate([[0], np.cumsum(input_lengths)]).astype(np.int64)
             self._group = group
         return self._group
 
     def _read_columns(self, start: int, stop: int) -> Columns:
         g = self._open()
-        assert self._tok is not None and self._ent is not None
+        assert self._tok is not None and self._ent is not None and self._inp is not None
         ranges = {
             "seq": (start, stop),
+            "input": (int(self._inp[start]), int(self._inp[stop])),
             "token": (int(self._tok[start]), int(self._tok[stop])),
             "entry": (int(self._ent[start]), int(self._ent[stop])),
         }
         out: dict[str, np.ndarray | None] = {}
-        for name in (*_SEQ_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS):
+        for name in _ALL_COLUMNS:
             if name in g:
                 lo, hi = ranges[_kind(name)]
                 out[name] = g[name][lo:hi]

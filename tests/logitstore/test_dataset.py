@@ -87,7 +87,8 @@ def test_writer_rejects_bad_records_with_the_reason(tmp_path, rng) -> None:
         ({"key": bytes(16)}, "key is not blake2b-128"),
         ({"counts": r.counts * 2}, r"counts must be in \[1, n=20\]|sum to"),
         ({"ids": np.full_like(r.ids, 5000)}, r"token ids must be in \[0, 1000\)"),
-        ({"lse": r.lse[:3]}, r"lse has shape \(3,\), expected \(8,\)"),
+        ({"lse": r.lse[:3]}, "lse has 3 positions for 8 input_ids"),
+        ({"nnz": r.nnz[:3]}, r"nnz has shape \(3,\), expected \(8,\)"),
         ({"counts": None}, "counts are missing"),
     ]
     for i, (change, match) in enumerate(cases):

@@ -154,3 +154,24 @@ def test_failed_write_leaves_no_partial_shard_and_no_manifest(tmp_path, rng, bac
             raise RuntimeError("boom")
     assert not (tmp_path / "ds" / "manifest.json").exists()
     assert list((tmp_path / "ds" / "shards").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classifier_records_round_trip(tmp_path, rng, backend: str) -> None:
+    """A sequence classifier stores one position (the class distribution) for a whole input sequence."""
+    spec = Spec(method="dense", encoding=LOSSLESS)
+    records = []
+    for i in range(5):
+        one = synthetic_record(spec, rng, seq_id=i, length=1, vocab_size=10)
+        tokens = rng.integers(0, 1000, size=int(rng.integers(1, 30))).astype(np.int32)
+        from logitstore import content_key
+
+        records.append(type(one)(**{**one.__dict__, "input_ids": tokens, "key": content_key(tokens)}))
+    with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(10), backend=backend) as w:
+        for r in records:
+            w.write(r)
+    ds = open_dataset(tmp_path / "ds", verify=True)
+    for r in records:
+        got = ds[r.seq_id]
+        assert len(got) == 1 and got.equals(r)
+    assert ds.get_by_tokens(records[3].input_ids).seq_id == 3
