@@ -38,6 +38,59 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_precompute(args: argparse.Namespace) -> int:
+    from logitstore.workers import load_config_file, make_spec, precompute
+    from logitstore.workers.config import PrecomputeConfig
+
+    if args.config:
+        config = load_config_file(args.config)
+    else:
+        missing = [
+            flag
+            for flag, value in (
+                ("--teacher", args.teacher),
+                ("--data", args.data),
+                ("--out", args.out),
+                ("--method", args.method),
+            )
+            if value is None
+        ]
+        if missing:
+            print(f"error: {', '.join(missing)} required (or --config FILE)", file=sys.stderr)
+            return 2
+        spec = make_spec(
+            args.method,
+            k=args.k,
+            p=args.p,
+            k_min=args.k_min,
+            n=args.n,
+            proposal_temperature=args.proposal_temperature,
+            seed=args.seed,
+            encoding=args.encoding,
+        )
+        config = PrecomputeConfig(
+            teacher=args.teacher,
+            data=args.data,
+            out=args.out,
+            spec=spec,
+            seq_len=args.seq_len,
+            backend=args.backend,
+            tokenizer=args.tokenizer,
+            text_column=args.text_column,
+            pack=not args.no_pack,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            ray_address=args.ray_address,
+            overwrite=args.overwrite,
+            sequences_per_shard=args.sequences_per_shard,
+            max_attempts=args.max_attempts,
+            progress=not args.quiet,
+        )
+    result = precompute(config)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitstore", description="Offline teacher-logit cache for distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -46,6 +99,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="dataset directory or fsspec URL")
     p.add_argument("--quick", action="store_true", help="checksums only; do not decode every record")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("precompute", help="run a teacher over a corpus and write a sparse-logit dataset (resumable)")
+    p.add_argument("--config", help="YAML or JSON file with the options below (flags are then ignored)")
+    p.add_argument("--teacher", help="Hugging Face causal LM directory, or a classifier as module:factory")
+    p.add_argument("--data", help="corpus: Parquet, JSONL, text file(s), or a datasets save_to_disk directory")
+    p.add_argument("--out", help="dataset directory to write, STORE/NAME")
+    p.add_argument("--method", choices=["topk", "topp", "sample", "dense"])
+    p.add_argument("--k", type=int, help="topk: entries per position; topp: maximum entries")
+    p.add_argument("--p", type=float, help="topp: probability mass to reach")
+    p.add_argument("--k-min", type=int, help="topp: minimum entries per position")
+    p.add_argument("--n", type=int, help="sample: draws per position")
+    p.add_argument("--proposal-temperature", type=float, help="sample: temperature of the proposal (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--encoding",
+        choices=["compact", "lossless"],
+        default="compact",
+        help="compact: 16-bit logprobs within 0.02 nats (default); lossless: float32",
+    )
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+    p.add_argument("--no-pack", action="store_true", help="one document per sequence, truncated, instead of packing")
+    p.add_argument("--backend", choices=["parquet", "zarr"], default="parquet")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the teacher's)")
+    p.add_argument("--text-column", default="text", help="text field of Parquet/JSONL/datasets corpora")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per teacher forward (default 8)")
+    p.add_argument("--num-workers", type=int, help="actors (default: one per GPU, else 1)")
+    p.add_argument("--sequences-per-shard", type=int, help="default: about 64M stored entries per shard")
+    p.add_argument("--max-attempts", type=int, default=3, help="attempts per shard before the job fails")
+    p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting an embedded one")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_precompute)
 
     p = sub.add_parser("inspect", help="summarize a dataset: teacher, method, size, bytes/token, kept mass")
     p.add_argument("path", help="dataset directory or fsspec URL")

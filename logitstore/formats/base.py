@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -26,7 +27,7 @@ FLUSH_ENTRIES = 1 << 20
 
 
 class ShardWriter(ABC):
-    """Writes one shard to ``<path>.partial`` and renames it to ``path`` on :meth:`commit`.
+    """Writes one shard to ``<path>.<pid>-<random>.partial`` and renames it to ``path`` on :meth:`commit`.
 
     Records must arrive in seq_id order starting at ``first_seq``. Used as a context manager, a shard that was
     not committed is removed on exit, so nothing half-written is ever visible under the final name.
@@ -34,7 +35,8 @@ class ShardWriter(ABC):
 
     def __init__(self, path: str | os.PathLike[str], relpath: str, spec: Spec, vocab_size: int, *, first_seq: int):
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".partial")
+        # A unique temporary name: an orphaned writer of a killed job can never collide with its successor.
+        self.tmp_path = self.path.with_name(f"{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
         self.relpath = relpath
         self.spec = spec
         self.vocab_size = vocab_size

@@ -1,0 +1,130 @@
+"""The precompute job's configuration: one frozen dataclass, built from keyword arguments, CLI flags or a
+YAML/JSON file, and checked before any teacher compute."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from logitstore.errors import InvalidInputError
+from logitstore.manifest import parse_backend
+from logitstore.spec import Encoding, Spec, parse_encoding
+
+SPEC_KEYS = ("method", "k", "p", "k_min", "n", "proposal_temperature", "seed", "encoding")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecomputeConfig:
+    """Everything that defines a precompute job. ``out`` is the dataset directory (``STORE/NAME``)."""
+
+    teacher: str
+    data: str
+    out: str
+    spec: Spec
+    seq_len: int = 2048
+    backend: str = "parquet"
+    tokenizer: str | None = None
+    text_column: str = "text"
+    pack: bool = True
+    batch_size: int = 8
+    num_workers: int | None = None
+    ray_address: str | None = None
+    overwrite: bool = False
+    sequences_per_shard: int | None = None
+    max_attempts: int = 3
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_backend(self.backend)
+        for name, lo in (("seq_len", 1), ("batch_size", 1), ("max_attempts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise InvalidInputError(f"{name} must be an integer >= {lo}, got {value!r}")
+        for name in ("num_workers", "sequences_per_shard"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a job and its resumption (the rest, like worker count, may)."""
+        return {
+            "teacher": self.teacher,
+            "data": str(Path(self.data).resolve()),
+            "spec": self.spec.to_dict(),
+            "seq_len": self.seq_len,
+            "backend": self.backend,
+            "tokenizer": self.tokenizer,
+            "text_column": self.text_column,
+            "pack": self.pack,
+            "batch_size": self.batch_size,
+            "sequences_per_shard": self.sequences_per_shard,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["spec"] = self.spec.to_dict()
+        return d
+
+
+def make_spec(
+    method: str,
+    *,
+    k: int | None = None,
+    p: float | None = None,
+    k_min: int | None = None,
+    n: int | None = None,
+    proposal_temperature: float | None = None,
+    seed: int = 0,
+    encoding: str | Encoding | dict[str, Any] = "compact",
+) -> Spec:
+    """A :class:`Spec` from flat options, as the CLI and config files give them (None = not given)."""
+    kwargs: dict[str, Any] = {"method": method, "seed": seed, "encoding": parse_encoding(encoding)}
+    for name, value in (("k", k), ("p", p), ("k_min", k_min), ("n", n)):
+        if value is not None:
+            kwargs[name] = value
+    if proposal_temperature is not None:
+        kwargs["proposal_temperature"] = proposal_temperature
+    return Spec(**kwargs)
+
+
+def config_from_mapping(data: dict[str, Any], *, source: str = "config") -> PrecomputeConfig:
+    """A config from a flat mapping (a YAML/JSON file): spec options may sit at the top level or under 'spec'."""
+    data = dict(data)
+    spec_data = dict(data.pop("spec", {}) or {})
+    for key in SPEC_KEYS:
+        if key in data:
+            spec_data[key] = data.pop(key)
+    known = {f.name for f in fields(PrecomputeConfig)} - {"spec"}
+    unknown = set(data) - known
+    if unknown:
+        raise InvalidInputError(
+            f"unknown option(s) {sorted(unknown)} in {source}; known: {sorted(known | set(SPEC_KEYS))}"
+        )
+    if "method" not in spec_data:
+        raise InvalidInputError(f"{source} does not name a method (topk, topp, sample or dense)")
+    for required in ("teacher", "data", "out"):
+        if required not in data:
+            raise InvalidInputError(f"{source} is missing the required option {required!r}")
+    return PrecomputeConfig(spec=make_spec(**spec_data), **data)
+
+
+def load_config_file(path: str | Path) -> PrecomputeConfig:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} must hold a mapping of option names to values")
+    return config_from_mapping(data, source=str(path))

@@ -1,0 +1,112 @@
+"""One unit of work: a shard plan entry -> teacher forward -> sparsify -> a committed shard + its commit record.
+
+Micro-batches are formed inside the shard from sequences of equal length (so nothing is ever padded) in seq_id
+order, at most ``batch_size`` at a time; the LM head runs ``CHUNK_ELEMENTS // V`` positions at a time, and each
+sequence's chunk is sparsified on the teacher's device. Only sparse results reach the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from logitstore.keys import content_key
+from logitstore.manifest import Backend, ShardInfo, write_atomic
+from logitstore.record import Record
+from logitstore.rng import position_streams
+from logitstore.sparsify import sparsify
+from logitstore.spec import Spec
+from logitstore.workers.corpus import SequenceReader
+from logitstore.workers.teachers import Teacher
+from logitstore.writer import open_shard_writer
+
+#: Upper bound on ``batch * positions * V`` logits materialized by one LM-head chunk (256 MiB of fp32).
+CHUNK_ELEMENTS = 1 << 26
+COMMITS_DIR = "commits"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    first_seq: int
+    num_sequences: int
+
+
+def commit_record_path(job_dir: Path, index: int) -> Path:
+    return job_dir / COMMITS_DIR / f"{index:05d}.json"
+
+
+def compute_shard(
+    task: ShardTask,
+    *,
+    teacher: Teacher,
+    corpus: SequenceReader,
+    spec: Spec,
+    backend: Backend,
+    root: Path,
+    job_dir: Path,
+    batch_size: int,
+) -> ShardInfo:
+    """Compute, write and commit one shard; returns its :class:`ShardInfo` (also saved as a commit record)."""
+    seq_ids = range(task.first_seq, task.first_seq + task.num_sequences)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for s in seq_ids:
+        by_length[len(corpus[s])].append(s)
+    records: dict[int, Record] = {}
+    vocab = teacher.vocab_size
+    chunk = max(1, CHUNK_ELEMENTS // max(1, batch_size * vocab))
+    for length in sorted(by_length):
+        group = by_length[length]
+        for b0 in range(0, len(group), batch_size):
+            batch = group[b0 : b0 + batch_size]
+            tokens = np.stack([corpus[s] for s in batch])
+            records.update(_batch_records(teacher, spec, batch, tokens, chunk))
+    writer = open_shard_writer(root, task.index, backend=backend, spec=spec, vocab_size=vocab, first_seq=task.first_seq)
+    with writer:
+        for s in seq_ids:
+            writer.write(records.pop(s))
+        info = writer.commit()
+    record = commit_record_path(job_dir, task.index)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, json.dumps(info.to_dict()).encode())
+    return info
+
+
+def _batch_records(
+    teacher: Teacher, spec: Spec, seq_ids: list[int], tokens: np.ndarray, chunk: int
+) -> dict[int, Record]:
+    """Records of equal-length sequences ``tokens [B, T]`` (one forward pass)."""
+    input_ids = torch.from_numpy(tokens.astype(np.int64))
+    mask = torch.ones_like(input_ids)
+    keys = [content_key(row) for row in tokens]
+    parts: list[list[dict[str, np.ndarray | None]]] = [[] for _ in seq_ids]
+    for t0, t1, logits in teacher.logit_chunks(input_ids, mask, chunk):
+        for j in range(len(seq_ids)):
+            streams, positions = position_streams(spec.seed, [keys[j]], [t1 - t0], device=logits.device)
+            positions = positions + t0
+            parts[j].append(sparsify(logits[j], spec, streams=streams, positions=positions).numpy())
+    out = {}
+    for j, s in enumerate(seq_ids):
+        fields = {name: _cat([p[name] for p in parts[j]]) for name in parts[j][0]}
+        out[s] = Record(seq_id=s, key=keys[j], input_ids=tokens[j].astype(np.int32), **fields)  # type: ignore[arg-type]
+    return out
+
+
+def _cat(values: list[np.ndarray | None]) -> np.ndarray | None:
+    if values[0] is None:
+        return None
+    return values[0] if len(values) == 1 else np.concatenate(values)  # type: ignore[arg-type]
+
+
+def maybe_die_for_test(index: int, attempt: int) -> None:
+    """Test hook: with ``LOGITSTORE_TEST_KILL_SHARD=<index>``, the process dies on its first attempt at that shard,
+    the way a worker lost to an OOM kill or a preempted node does."""
+    target = os.environ.get("LOGITSTORE_TEST_KILL_SHARD")
+    if target is not None and int(target) == index and attempt == 0:
+        os._exit(1)
