@@ -143,8 +143,11 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
                 f"seq_len {config.seq_len} exceeds the teacher's {max_positions} positions; use --seq-len "
                 f"{max_positions} or less"
             )
+        eos = model_config.get("eos_token_id")
+        model_eos = eos[0] if isinstance(eos, list) and eos else eos
     else:
         vocab = None
+        model_eos = None
     tokenizer = _load_tokenizer(config, kind)
     if kind == "classifier":
         from logitstore.workers.teachers import ClassifierTeacher
@@ -161,7 +164,13 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
                 "token ids would fall outside the vocabulary; use the tokenizer the teacher was trained with "
                 "(a model vocabulary padded beyond the tokenizer's is fine)"
             )
-    return {"vocab_size": vocab, "tokenizer": tokenizer, "tokenizer_info": tokenizer_info, "kind": kind}
+    return {
+        "vocab_size": vocab,
+        "tokenizer": tokenizer,
+        "tokenizer_info": tokenizer_info,
+        "kind": kind,
+        "model_eos": model_eos if isinstance(model_eos, int) else None,
+    }
 
 
 def _load_tokenizer(config: PrecomputeConfig, kind: str) -> Any:
@@ -251,6 +260,8 @@ def _pack(config: PrecomputeConfig, job_dir: Path, inputs: dict[str, Any]) -> Pa
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    if eos is None:
+        eos = inputs["model_eos"]  # a pre-tokenized corpus: the teacher's config names its EOS
     pack = config.pack and inputs["kind"] == "hf"
     return pack_corpus(
         iter_documents(Path(config.data), text_column=config.text_column),

@@ -26,8 +26,9 @@ from logitstore.workers.corpus import SequenceReader
 from logitstore.workers.teachers import Teacher
 from logitstore.writer import open_shard_writer
 
-#: Upper bound on ``batch * positions * V`` logits materialized by one LM-head chunk (256 MiB of fp32).
-CHUNK_ELEMENTS = 1 << 26
+#: Upper bound on ``batch * positions * V`` logits materialized by one LM-head chunk (16 MiB of fp32): large
+#: enough for an efficient matmul, small enough that fresh-page faults do not dominate on CPU.
+CHUNK_ELEMENTS = 1 << 22
 COMMITS_DIR = "commits"
 
 

@@ -1,0 +1,252 @@
+"""Precompute benchmark: what the job costs beside the teacher's own forward pass.
+
+Run from the repository root::
+
+    .venv/bin/python bench/precompute.py            # default (~5 minutes on 2 cores)
+    .venv/bin/python bench/precompute.py --quick    # smoke run
+
+Teacher: a Llama of ~9M parameters (hidden 128, 4 layers, vocabulary 32,000) built from a config with a fixed
+seed and saved as an ordinary Hugging Face checkpoint; its output head is scaled so the distributions are peaked
+like a trained LM's. Corpus: random token ids in a Parquet ``input_ids`` column. All numbers are ratios measured
+side by side in this one run:
+
+1. sparsification cost per token relative to one ``torch.logsumexp`` pass over the same logits (targets: topk
+   <= 1.3x, sample <= 1.5x);
+2. end-to-end job throughput (``precompute`` on an already running Ray, so cluster start-up is excluded but actor
+   start, teacher load, sparsify, encode and commit are included) relative to the bare teacher forward including
+   the LM head over the same sequences in the same batches (target >= 0.85);
+3. peak resident memory of the job (driver + actors) when the corpus grows 10x (target growth <= 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 32_000
+
+
+def build_teacher(directory: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40.0)
+    model.save_pretrained(directory)
+
+
+def write_corpus(path: Path, sequences: int, seq_len: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, VOCAB, size=(sequences, seq_len - 1), dtype=np.int64)
+    pq.write_table(pa.table({"input_ids": [row.tolist() for row in ids]}), path)
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def sparsify_costs(teacher_dir: Path, seq_len: int, repeats: int) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM
+
+    from logitstore import Spec
+    from logitstore.rng import position_streams
+    from logitstore.sparsify import sparsify
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    ids = torch.randint(3, VOCAB, (1, seq_len), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits[0].contiguous()
+    streams, positions = position_streams(0, [bytes(16)], [seq_len])
+    base = best_of(lambda: torch.logsumexp(logits, dim=-1), repeats)
+    out = {"logsumexp_s": base, "tokens": seq_len}
+    for name, spec in (
+        ("topk64", Spec(method="topk", k=64)),
+        ("sample50", Spec(method="sample", n=50)),
+        ("topp95", Spec(method="topp", p=0.95, k=100)),
+    ):
+        t = best_of(lambda spec=spec: sparsify(logits, spec, streams=streams, positions=positions), repeats)
+        out[name] = t / base
+    return out
+
+
+def bare_forward(teacher_dir: Path, corpus: Path, batch_size: int) -> float:
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    rows = pq.read_table(corpus).column("input_ids").to_pylist()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(rows), batch_size):
+            model(torch.tensor(rows[b : b + batch_size])).logits.float()
+    return time.perf_counter() - start
+
+
+def job_time(teacher_dir: Path, corpus: Path, out: Path, seq_len: int, batch_size: int) -> float:
+    from logitstore.workers import precompute
+
+    start = time.perf_counter()
+    precompute(
+        teacher=str(teacher_dir),
+        data=str(corpus),
+        out=str(out),
+        method="topk",
+        k=64,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        sequences_per_shard=16,
+        progress=False,
+        overwrite=True,
+    )
+    return time.perf_counter() - start
+
+
+_RSS_CHILD = r"""
+import sys, threading, time, psutil
+from logitstore.workers import precompute
+peak = [0]
+def rss_tree():
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.pid == me.pid or "ShardWorker" in cmd:
+                total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+me = psutil.Process()
+stop = False
+def watch():
+    while not stop:
+        peak[0] = max(peak[0], rss_tree()); time.sleep(0.05)
+t = threading.Thread(target=watch, daemon=True); t.start()
+teacher, data, out, seq_len = sys.argv[1:5]
+precompute(teacher=teacher, data=data, out=out, method="topk", k=64, seq_len=int(seq_len), batch_size=4,
+           sequences_per_shard=16, progress=False, overwrite=True)
+stop = True; t.join()
+print("PEAK", peak[0])
+"""
+
+
+def peak_rss(teacher_dir: Path, corpus: Path, out: Path, seq_len: int) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(teacher_dir), str(corpus), str(out), str(seq_len)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return int(proc.stdout.split("PEAK")[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    seq_len = 256 if args.quick else 512
+    sequences = 16 if args.quick else 128
+    batch = 4
+    work = Path(tempfile.mkdtemp(prefix="logitstore-bench-"))
+    teacher = work / "teacher"
+    build_teacher(teacher)
+    corpus = work / "corpus.parquet"
+    write_corpus(corpus, sequences, seq_len)
+
+    costs = sparsify_costs(teacher, 1024 if not args.quick else 256, 3 if args.quick else 7)
+
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    forward = bare_forward(teacher, corpus, batch)
+    job = job_time(teacher, corpus, work / "ds", seq_len, batch)
+    ray.shutdown()
+    tokens = sequences * seq_len
+
+    small, big = work / "small.parquet", work / "big.parquet"
+    write_corpus(small, sequences // 4, seq_len)
+    write_corpus(big, sequences // 4 * 10, seq_len)
+    rss_small = peak_rss(teacher, small, work / "rss-small", seq_len)
+    rss_big = peak_rss(teacher, big, work / "rss-big", seq_len)
+
+    rows = [
+        ("sparsify topk64 / logsumexp", f"{costs['topk64']:.2f}x", "<= 1.3x", costs["topk64"] <= 1.3),
+        ("sparsify sample50 / logsumexp", f"{costs['sample50']:.2f}x", "<= 1.5x", costs["sample50"] <= 1.5),
+        ("sparsify topp(0.95,100) / logsumexp", f"{costs['topp95']:.2f}x", "-", None),
+        (
+            "job throughput / bare forward",
+            f"{forward / job:.2f} ({tokens / job:,.0f} vs {tokens / forward:,.0f} tok/s)",
+            ">= 0.85",
+            forward / job >= 0.85,
+        ),
+        (
+            "peak RSS growth, corpus x10",
+            f"{rss_big / rss_small:.2f}x ({rss_small / 2**20:.0f} -> {rss_big / 2**20:.0f} MiB)",
+            "<= 1.2x",
+            rss_big / rss_small <= 1.2,
+        ),
+    ]
+    lines = [
+        "# logitstore precompute benchmark",
+        "",
+        f"- command: `.venv/bin/python bench/precompute.py{' --quick' if args.quick else ''}`",
+        f"- teacher: Llama ~9M parameters, V={VOCAB}, fp32 on CPU ({torch.get_num_threads()} torch threads); "
+        f"corpus {sequences} x {seq_len} random tokens; batch {batch}; topk k=64, parquet",
+        f"- sparsify measured on {costs['tokens']} positions of real teacher logits "
+        f"(logsumexp {costs['logsumexp_s'] * 1e3:.1f} ms)",
+        "",
+        "| measure | value | target | met |",
+        "|---|---:|---:|---|",
+    ]
+    for name, value, target, met in rows:
+        lines.append(f"| {name} | {value} | {target} | {'-' if met is None else ('yes' if met else '**no**')} |")
+    text = "\n".join(lines)
+    print(text)
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "precompute.md").write_text(text + "\n")
+    (out / "precompute.json").write_text(
+        json.dumps(
+            {
+                "costs": costs,
+                "forward_s": forward,
+                "job_s": job,
+                "tokens": tokens,
+                "rss_small": rss_small,
+                "rss_big": rss_big,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
