@@ -137,13 +137,14 @@ def _first_row(out: SparseLogits) -> SparseLogits:
     )
 
 
-def logsumexp(z: torch.Tensor) -> torch.Tensor:
+def logsumexp(z: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, V] float32 -> [N] float32`` log-sum-exp whose value does not depend on the summation order.
 
-    The max is exact; the sum of ``exp(z - max)`` accumulates in float64, so reordering (threads, batch shape,
-    device) changes it by ~1e-16 relative, far below float32 resolution.
+    The max is exact (pass ``row_max [N]`` when it is already known); the sum of ``exp(z - max)`` accumulates in
+    float64, so reordering (threads, batch shape, device) changes it by ~1e-16 relative, far below float32
+    resolution.
     """
-    m = z.amax(dim=-1, keepdim=True)
+    m = z.amax(dim=-1, keepdim=True) if row_max is None else row_max[:, None]
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     s = torch.exp(z - m).sum(dim=-1, dtype=torch.float64)
     return (torch.log(s) + m.squeeze(-1).double()).float()
@@ -151,7 +152,7 @@ def logsumexp(z: torch.Tensor) -> torch.Tensor:
 
 def _canonical_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` largest of each row, descending, ties broken by ascending id (whatever topk's own tie order)."""
-    vals, idx = torch.topk(z, k, dim=-1, largest=True, sorted=True)
+    vals, idx = torch.topk(z, k, dim=-1, largest=True, sorted=False)  # sorted below anyway
     idx, perm = torch.sort(idx, dim=-1)
     vals = torch.gather(vals, -1, perm)
     vals, perm = torch.sort(vals, dim=-1, descending=True, stable=True)
@@ -159,8 +160,8 @@ def _canonical_topk(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _topk(z: torch.Tensor, k: int) -> SparseLogits:
-    lse = logsumexp(z)
     vals, idx = _canonical_topk(z, k)
+    lse = logsumexp(z, row_max=vals[:, 0])
     n = z.shape[0]
     return SparseLogits(
         lse=lse,
@@ -171,9 +172,9 @@ def _topk(z: torch.Tensor, k: int) -> SparseLogits:
 
 
 def _topp(z: torch.Tensor, p: float, k_min: int, k_max: int) -> SparseLogits:
-    lse = logsumexp(z)
     k_max = min(k_max, z.shape[-1])
     vals, idx = _canonical_topk(z, k_max)
+    lse = logsumexp(z, row_max=vals[:, 0])
     logprobs = vals - lse[:, None]
     mass = torch.cumsum(torch.exp(logprobs.double()), dim=-1)
     # Smallest prefix whose mass reaches p: one past the number of prefixes still below p.
