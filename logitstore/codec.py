@@ -94,14 +94,34 @@ def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
     for r in records:
         _check_record(r, spec, vocab_size)
     if records:
-        _check_entries(
-            _cat([r.ids for r in records], np.int32),
-            _cat([r.logprobs for r in records], np.float32),
-            Segments(_cat([r.nnz for r in records], np.uint32)),
-            spec,
-            vocab_size,
-            decoded=True,
-        )
+        try:
+            _check_entries(
+                _cat([r.ids for r in records], np.int32),
+                _cat([r.logprobs for r in records], np.float32),
+                Segments(_cat([r.nnz for r in records], np.uint32)),
+                spec,
+                vocab_size,
+                decoded=True,
+            )
+        except InvalidInputError:
+            _name_the_record(records, spec, vocab_size, decoded=True)
+            raise
+
+
+def _name_the_record(records: Sequence[Record], spec: Spec, vocab_size: int, *, decoded: bool) -> None:
+    """The batch check failed: re-check record by record so the error names the seq_id and its own position."""
+    for r in records:
+        try:
+            _check_entries(
+                np.asarray(r.ids, dtype=np.int32),
+                np.asarray(r.logprobs, dtype=np.float32),
+                Segments(np.asarray(r.nnz, dtype=np.uint32)),
+                spec,
+                vocab_size,
+                decoded=decoded,
+            )
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"record seq_id={r.seq_id}: {exc}") from None
 
 
 def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
@@ -116,7 +136,11 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
     ids = _cat([r.ids for r in records], np.int32)
     logprobs = _cat([r.logprobs for r in records], np.float32)
     seg = Segments(nnz)
-    mass = _check_entries(ids, logprobs, seg, spec, vocab_size)
+    try:
+        mass = _check_entries(ids, logprobs, seg, spec, vocab_size)
+    except InvalidInputError:
+        _name_the_record(records, spec, vocab_size, decoded=False)
+        raise
     cols = Columns(
         seq_ids=np.array([r.seq_id for r in records], dtype=np.int64),
         keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),

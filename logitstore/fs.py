@@ -18,7 +18,13 @@ def resolve(location: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem
     text = os.fspath(location)
     if not text:
         raise InvalidInputError("an empty path was given; pass a dataset directory or an fsspec URL")
-    fs, path = fsspec.core.url_to_fs(text)
+    try:
+        fs, path = fsspec.core.url_to_fs(text)
+    except (ValueError, ImportError) as exc:
+        raise InvalidInputError(
+            f"cannot open {text!r}: {exc}; use a local path or an fsspec URL whose filesystem is installed "
+            "(e.g. pip install s3fs for s3://)"
+        ) from None
     return fs, path.rstrip("/") or "/"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,11 +50,16 @@ class _Dict:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"manifest field {cls.__name__} must be a JSON object, got {data!r}")
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(data) - known
         if unknown:
             raise InvalidInputError(f"unknown {cls.__name__} field(s) {sorted(unknown)} in manifest")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InvalidInputError(f"manifest {cls.__name__} is incomplete: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,8 +235,9 @@ class Manifest:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path.partial`` + fsync + rename: readers see all or nothing."""
-    tmp = path.with_name(path.name + ".partial")
+    """Write ``data`` to ``path`` through a uniquely named ``.partial`` + fsync + rename: readers see all or
+    nothing, and concurrent writers of the same path never share a temporary file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

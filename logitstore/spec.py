@@ -41,6 +41,8 @@ class Encoding:
             raise InvalidInputError(
                 f"the float32 logprob encoding is lossless, so error_bound must be 0, got {self.error_bound}"
             )
+        if not isinstance(self.error_bound, (int, float)) or isinstance(self.error_bound, bool):
+            raise InvalidInputError(f"error_bound must be a number of nats, got {self.error_bound!r}")
         if self.logprobs == "q16" and not (0.0 < self.error_bound <= 1.0 and math.isfinite(self.error_bound)):
             raise InvalidInputError(
                 f"error_bound must be in (0, 1] nats for the q16 encoding, got {self.error_bound}; "
@@ -128,7 +130,12 @@ class Spec:
                 raise InvalidInputError(f"method {m!r} needs k (the {what} per position), e.g. k=64")
             _check_int("k", self.k, 1, 2**31 - 1)
         if m == "topp":
-            if self.p is None or not (0.0 < self.p <= 1.0):
+            if (
+                self.p is None
+                or isinstance(self.p, bool)
+                or not isinstance(self.p, (int, float))
+                or not (0.0 < self.p <= 1.0)
+            ):
                 raise InvalidInputError(f"method 'topp' needs p in (0, 1], got p={self.p!r}; e.g. p=0.95")
             if self.k_min is not None:
                 _check_int("k_min", self.k_min, 1, self.k)  # type: ignore[arg-type]

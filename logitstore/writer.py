@@ -158,7 +158,15 @@ class DatasetWriter:
         self.spec, self.teacher, self.tokenizer, self.corpus = spec, teacher, tokenizer, corpus
         self.shard_entries = shard_entries
         self.name = name
+        if (self.root / JOB_DIR).exists():
+            raise InvalidInputError(
+                f"{self.root} holds an unfinished precompute job (_job/); resume it with the same precompute "
+                "command, or remove the directory"
+            )
         prepare_output(self.root, overwrite=overwrite)
+        # No manifest here, so whatever sits in shards/ is left over from a crashed writer: start clean.
+        for stale in (self.root / SHARDS_DIR).iterdir():
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         self.shards: list[ShardInfo] = []
         self.manifest: Manifest | None = None
         self._writer: ShardWriter | None = None

@@ -39,6 +39,11 @@ class PrecomputeConfig:
 
     def __post_init__(self) -> None:
         parse_backend(self.backend)
+        # Paths are made absolute once, here, so the driver, the actors and a resumed job all agree on them.
+        object.__setattr__(self, "teacher", _absolute(self.teacher))
+        object.__setattr__(self, "data", str(Path(self.data).resolve()) if Path(self.data).exists() else self.data)
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", _absolute(self.tokenizer))
         for name, lo in (("seq_len", 1), ("batch_size", 1), ("max_attempts", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -51,12 +56,12 @@ class PrecomputeConfig:
     def identity(self) -> dict[str, Any]:
         """What must not change between a job and its resumption (the rest, like worker count, may)."""
         return {
-            "teacher": self.teacher,
+            "teacher": _absolute(self.teacher),
             "data": str(Path(self.data).resolve()),
             "spec": self.spec.to_dict(),
             "seq_len": self.seq_len,
             "backend": self.backend,
-            "tokenizer": self.tokenizer,
+            "tokenizer": None if self.tokenizer is None else _absolute(self.tokenizer),
             "text_column": self.text_column,
             "pack": self.pack,
             "batch_size": self.batch_size,
@@ -67,6 +72,13 @@ class PrecomputeConfig:
         d = asdict(self)
         d["spec"] = self.spec.to_dict()
         return d
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute (actors on other nodes or in other directories resolve it the same way);
+    ``module:factory`` teachers are returned unchanged."""
+    path = Path(location)
+    return str(path.resolve()) if path.exists() else location
 
 
 def make_spec(
@@ -93,7 +105,15 @@ def make_spec(
 def config_from_mapping(data: dict[str, Any], *, source: str = "config") -> PrecomputeConfig:
     """A config from a flat mapping (a YAML/JSON file): spec options may sit at the top level or under 'spec'."""
     data = dict(data)
-    spec_data = dict(data.pop("spec", {}) or {})
+    raw_spec = data.pop("spec", {}) or {}
+    if not isinstance(raw_spec, dict):
+        raise InvalidInputError(
+            f"'spec' in {source} must be a mapping such as {{method: topk, k: 64}}, got {raw_spec!r}"
+        )
+    spec_data = dict(raw_spec)
+    unknown_spec = set(spec_data) - set(SPEC_KEYS)
+    if unknown_spec:
+        raise InvalidInputError(f"unknown spec option(s) {sorted(unknown_spec)} in {source}; known: {list(SPEC_KEYS)}")
     for key in SPEC_KEYS:
         if key in data:
             spec_data[key] = data.pop(key)
@@ -119,7 +139,10 @@ def load_config_file(path: str | Path) -> PrecomputeConfig:
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"{path} is not valid YAML: {exc}") from None
     else:
         try:
             data = json.loads(text)

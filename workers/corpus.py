@@ -12,6 +12,7 @@ worker maps read-only; the driver never holds the whole corpus in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from logitstore.errors import InvalidInputError
+from logitstore.manifest import write_atomic
 
 TOKENS_NAME = "tokens.bin"
 OFFSETS_NAME = "sequences.npy"
@@ -229,9 +231,11 @@ def pack_corpus(
                 continue
             buffer.extend(ids)
             buffer.append(eos_id)  # type: ignore[arg-type]
-            while len(buffer) >= seq_len:
-                emit(buffer[:seq_len])
-                del buffer[:seq_len]
+            start = 0  # cut by offset: deleting from the front each time is quadratic in a long document
+            while len(buffer) - start >= seq_len:
+                emit(buffer[start : start + seq_len])
+                start += seq_len
+            del buffer[:start]
         if pack and buffer:
             emit(buffer)
         out.flush()
@@ -240,11 +244,12 @@ def pack_corpus(
         tmp_tokens.unlink()
         raise InvalidInputError("the corpus is empty: no document produced a single token")
     os.replace(tmp_tokens, directory / TOKENS_NAME)
-    np.save(directory / OFFSETS_NAME, np.asarray(offsets, dtype=np.int64))
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(offsets, dtype=np.int64))
+    write_atomic(directory / OFFSETS_NAME, buf.getvalue())
     corpus = PackedCorpus(directory, len(offsets) - 1, total, h.hexdigest())
-    (directory / CORPUS_META).write_text(
-        json.dumps({"num_sequences": corpus.num_sequences, "num_tokens": total, "fingerprint": corpus.fingerprint})
-    )
+    meta = {"num_sequences": corpus.num_sequences, "num_tokens": total, "fingerprint": corpus.fingerprint}
+    write_atomic(directory / CORPUS_META, json.dumps(meta).encode())  # last: its presence means "packed"
     return corpus
 
 
@@ -253,5 +258,8 @@ def load_packed(directory: Path) -> PackedCorpus | None:
     meta = directory / CORPUS_META
     if not meta.exists() or not (directory / TOKENS_NAME).exists() or not (directory / OFFSETS_NAME).exists():
         return None
-    data = json.loads(meta.read_text())
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # torn by a crash: pack again
     return PackedCorpus(directory, data["num_sequences"], data["num_tokens"], data["fingerprint"])

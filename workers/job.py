@@ -37,6 +37,7 @@ from logitstore.workers.shard import COMMITS_DIR, ShardTask, commit_record_path
 from logitstore.workers.teachers import describe_max_positions, read_model_config, teacher_kind
 from logitstore.writer import finalize, local_root, prepare_output
 
+LOCK_NAME = ".lock"
 #: A shard is sized to hold about this many entries (~100-200 MB compressed for LLM top-k caches).
 TARGET_SHARD_ENTRIES = 1 << 26
 
@@ -81,12 +82,17 @@ def precompute(config: PrecomputeConfig | None = None, /, **options: Any) -> Pre
     plan_inputs = _check_inputs(config, root)
     root.mkdir(parents=True, exist_ok=True)
     job_dir = root / JOB_DIR
-    job_dir.mkdir(exist_ok=True)
-    with _JobLock(job_dir / "lock"):
-        if config.overwrite and (root / MANIFEST_NAME).exists():
+    # The lock lives beside _job/, never inside it: --overwrite and the final cleanup delete _job/ while locked.
+    with _JobLock(root / LOCK_NAME):
+        if (root / MANIFEST_NAME).exists():  # checked again under the lock: another job may have finished
+            if not config.overwrite:
+                raise DatasetExistsError(
+                    f"a complete dataset already exists at {root}; pass --overwrite to replace it, or choose "
+                    "another --out"
+                )
             prepare_output(root, overwrite=True)
-            job_dir.mkdir(exist_ok=True)
-        _check_identity(job_dir, config)
+        job_dir.mkdir(exist_ok=True)
+        _check_identity(job_dir, config, plan_inputs["teacher_revision"])
         (root / SHARDS_DIR).mkdir(exist_ok=True)
         corpus = load_packed(job_dir / "corpus") or _pack(config, job_dir, plan_inputs)
         tasks = _plan(config, corpus, plan_inputs["vocab_size"])
@@ -111,7 +117,7 @@ def precompute(config: PrecomputeConfig | None = None, /, **options: Any) -> Pre
             ),
         )
         _remove_partials(root)
-    shutil.rmtree(job_dir, ignore_errors=True)
+        shutil.rmtree(job_dir, ignore_errors=True)
     return PrecomputeResult(manifest, len(computed), len(done), time.perf_counter() - start)
 
 
@@ -150,9 +156,11 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
         model_eos = None
     tokenizer = _load_tokenizer(config, kind)
     if kind == "classifier":
+        import torch
+
         from logitstore.workers.teachers import ClassifierTeacher
 
-        vocab = ClassifierTeacher(config.teacher, device=None).vocab_size
+        vocab = ClassifierTeacher(config.teacher, device=torch.device("cpu")).vocab_size
     assert vocab is not None
     config.spec.check_vocab(vocab)
     tokenizer_info = TokenizerInfo()
@@ -164,7 +172,14 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
                 "token ids would fall outside the vocabulary; use the tokenizer the teacher was trained with "
                 "(a model vocabulary padded beyond the tokenizer's is fine)"
             )
+    if kind == "hf":
+        from logitstore.workers.teachers import weights_fingerprint
+
+        teacher_revision: str | None = weights_fingerprint(Path(config.teacher))
+    else:
+        teacher_revision = None
     return {
+        "teacher_revision": teacher_revision,
         "vocab_size": vocab,
         "tokenizer": tokenizer,
         "tokenizer_info": tokenizer_info,
@@ -200,12 +215,16 @@ def _tokenizer_info(tokenizer: Any, name: str) -> TokenizerInfo:
     return TokenizerInfo(name=name, vocab_size=len(tokenizer), vocab_hash=vocab_hash, special_token_ids=specials)
 
 
-def _check_identity(job_dir: Path, config: PrecomputeConfig) -> None:
+def _check_identity(job_dir: Path, config: PrecomputeConfig, teacher_revision: str | None) -> None:
     path = job_dir / "job.json"
-    identity = config.identity()
+    identity = {**config.identity(), "teacher_revision": teacher_revision}
     if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != identity:
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        started = (job_dir / "corpus" / "corpus.json").exists() or any((job_dir / COMMITS_DIR).glob("*.json"))
+        if previous != identity and started:
             changed = sorted(k for k in identity if previous.get(k) != identity.get(k))
             if not config.overwrite:
                 raise InvalidInputError(
@@ -232,8 +251,7 @@ class _JobLock:
         except BlockingIOError:
             os.close(self.fd)
             raise JobLockedError(
-                f"another precompute job is writing {self.path.parent.parent} (lock {self.path}); wait for it or "
-                "stop it first"
+                f"another precompute job is writing {self.path.parent} (lock {self.path}); wait for it or stop it first"
             ) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())

@@ -7,6 +7,7 @@ the same way. After that the job fails naming the shard and the last cause; comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from logitstore.errors import InvalidInputError
 from logitstore.manifest import ShardInfo, TeacherInfo, write_atomic
 from logitstore.spec import Spec
 from logitstore.workers.config import PrecomputeConfig
@@ -68,10 +70,18 @@ def run_shards(
     from logitstore.workers.job import JobFailedError
 
     started_here = _ensure_ray(config)
+    spawned: list[Any] = []
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
+        # Each actor holds its slot for the whole job, so more actors than slots would wait forever.
+        slots = gpus if gpus else cpus
+        if config.num_workers is not None and config.num_workers > slots:
+            raise InvalidInputError(
+                f"--num-workers {config.num_workers} exceeds the {slots} {'GPU' if gpus else 'CPU'}(s) of the Ray "
+                f"cluster; each worker holds one for the whole job: use --num-workers {slots} or fewer"
+            )
         if gpus:
             n_actors = min(config.num_workers or gpus, len(todo))
             options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
@@ -88,7 +98,12 @@ def run_shards(
         def spawn() -> Any:
             return actor_cls.options(**options, runtime_env={"env_vars": env}).remote(*spawn_args)
 
-        idle = deque(spawn() for _ in range(n_actors))
+        def spawn_tracked() -> Any:
+            actor = spawn()
+            spawned.append(actor)
+            return actor
+
+        idle = deque(spawn_tracked() for _ in range(n_actors))
         queue = deque((task, 0) for task in todo)
         in_flight: dict[Any, tuple[Any, ShardTask, int]] = {}
         done: dict[int, ShardInfo] = {}
@@ -115,7 +130,7 @@ def run_shards(
                     ) from None
                 if died:
                     ray.kill(actor, no_restart=True)
-                    actor = spawn()
+                    actor = spawn_tracked()
                 queue.append((task, attempt + 1))
                 idle.append(actor)
                 continue
@@ -125,6 +140,10 @@ def run_shards(
         progress.close()
         return done
     finally:
+        # On success, failure or Ctrl-C: no actor may outlive the job (it would hold a GPU and keep writing).
+        for actor in spawned:
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(actor, no_restart=True)
         if started_here:
             ray.shutdown()
 

@@ -1,8 +1,8 @@
 """One unit of work: a shard plan entry -> teacher forward -> sparsify -> a committed shard + its commit record.
 
 Micro-batches are formed inside the shard from sequences of equal length (so nothing is ever padded) in seq_id
-order, at most ``batch_size`` at a time; the LM head runs ``CHUNK_ELEMENTS // V`` positions at a time, and each
-sequence's chunk is sparsified on the teacher's device. Only sparse results reach the host.
+order, at most ``batch_size`` at a time; the LM head runs ``CHUNK_ELEMENTS // (batch * V)`` positions at a time,
+and each sequence's chunk is sparsified on the teacher's device. Only sparse results reach the host.
 """
 
 from __future__ import annotations

@@ -92,6 +92,24 @@ class CausalLMTeacher:
         self._head = head
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self._scale = getattr(config, "logit_scale", None)
+        self._divisor = getattr(config, "logits_scaling", None)  # e.g. Granite
+        self._check_head(str(getattr(config, "model_type", "?")))
+
+    @torch.inference_mode()
+    def _check_head(self, model_type: str) -> None:
+        """Refuse a model whose own forward transforms the head's output in a way the chunked path does not
+        reproduce: silently storing a different distribution would be worse than failing."""
+        probe = (torch.arange(12, device=self.device) % self.vocab_size)[None]
+        ref = self.model(input_ids=probe).logits.float()
+        ours = torch.cat([c for _, _, c in self.logit_chunks(probe, torch.ones_like(probe), 5)], dim=1).float()
+        tol = 1e-2 if self.dtype == "bfloat16" else 1e-4
+        err = float((ours - ref).abs().max())
+        if err > tol * max(1.0, float(ref.abs().max())):
+            raise InvalidInputError(
+                f"teacher {self.name} (model_type {model_type!r}): the chunked LM head differs from the model's own "
+                f"logits by up to {err:.3g}; its forward post-processes logits in a way logitstore does not know. "
+                "Please report the architecture; until then this teacher cannot be cached exactly"
+            )
 
     @torch.inference_mode()
     def logit_chunks(
@@ -106,6 +124,8 @@ class CausalLMTeacher:
             logits = self._head(hidden[:, t0:t1])
             if self._scale is not None:  # e.g. Cohere
                 logits = logits * self._scale
+            if self._divisor is not None:  # e.g. Granite
+                logits = logits / self._divisor
             if self._softcap is not None:  # e.g. Gemma 2
                 logits = torch.tanh(logits / self._softcap) * self._softcap
             yield t0, t1, logits

@@ -125,6 +125,14 @@ class ShardReader(ABC):
         self.info = info
         self.spec = spec
         self.vocab_size = vocab_size
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """A forked child (e.g. a DataLoader worker) must not share the parent's open file position or zarr's
+        event-loop thread: drop inherited handles so they are reopened in this process."""
+        if self._pid != os.getpid():
+            self.close()
+            self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self.info.num_sequences
@@ -139,6 +147,7 @@ class ShardReader(ABC):
             raise IndexError(f"range [{start}, {stop}) is outside shard {self.info.path} of {len(self)} sequences")
         if start == stop:
             return []
+        self._after_fork()
         try:
             cols = self._read_columns(start, stop)
             records = codec.decode(cols, self.spec, self.vocab_size)
@@ -153,6 +162,7 @@ class ShardReader(ABC):
 
     def keys(self) -> np.ndarray:
         """``[n, 16] uint8`` content keys of all records in the shard."""
+        self._after_fork()
         try:
             keys = self._read_keys()
         except Exception as exc:

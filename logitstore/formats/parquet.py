@@ -28,19 +28,19 @@ class ParquetShardWriter(ShardWriter):
     _writer: pq.ParquetWriter | None = None
 
     def _write_columns(self, cols: Columns) -> None:
-        tok_off = _offsets(cols.lengths, np.int32)
+        tok_off = _offsets(cols.lengths, np.int64)  # int64 offsets: a flush may exceed 2^31 values
         ent_off = _offsets(cols.num_entries, np.int64)
         arrays = {
             "seq_id": pa.array(cols.seq_ids),
             "key": pa.FixedSizeBinaryArray.from_buffers(_KEY_TYPE, len(cols), [None, pa.py_buffer(cols.keys)]),
-            "input_ids": pa.ListArray.from_arrays(
-                pa.array(_offsets(cols.input_lengths, np.int32)), pa.array(cols.input_ids)
+            "input_ids": pa.LargeListArray.from_arrays(
+                pa.array(_offsets(cols.input_lengths, np.int64)), pa.array(cols.input_ids)
             ),
         }
         for name in _TOKEN_COLUMNS:
             values = getattr(cols, name)
             if values is not None:
-                arrays[name] = pa.ListArray.from_arrays(pa.array(tok_off), pa.array(values))
+                arrays[name] = pa.LargeListArray.from_arrays(pa.array(tok_off), pa.array(values))
         for name in _ENTRY_COLUMNS:
             values = getattr(cols, name)
             if values is not None:

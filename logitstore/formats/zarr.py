@@ -136,3 +136,4 @@ class ZarrShardReader(ShardReader):
 
     def close(self) -> None:
         self._group = None
+        self._tok = self._ent = self._inp = None

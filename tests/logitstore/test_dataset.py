@@ -123,3 +123,67 @@ def test_read_through_fsspec_urls(tmp_path, rng, backend) -> None:
     remote = open_dataset(f"memory://copies/{backend}", verify=True)
     assert remote[5].equals(records[5], logprob_atol=0.02)
     assert remote.get_by_key(records[2].key).seq_id == 2
+
+
+def _child_reads(ds, expected, seed, queue) -> None:
+    rng = np.random.default_rng(seed)
+    bad = 0
+    for i in rng.integers(0, len(expected), size=150):
+        try:
+            ok = ds[int(i)].equals(expected[int(i)], logprob_atol=0.02)
+        except Exception:  # noqa: BLE001 -- any failure in the child counts
+            ok = False
+        bad += not ok
+    queue.put(bad)
+
+
+@pytest.mark.parametrize("backend", ["parquet", "zarr"])
+def test_forked_readers_do_not_share_file_state(tmp_path, rng, monkeypatch, backend) -> None:
+    """DataLoader workers fork after the parent has read: each child must reopen its own handles."""
+    import multiprocessing as mp
+
+    from logitstore.formats import base
+
+    monkeypatch.setattr(base, "FLUSH_ENTRIES", 500)  # many row groups / chunks, so reads seek around
+    records = _write(tmp_path / "ds", rng, n=40, backend=backend)
+    ds = open_dataset(tmp_path / "ds")
+    assert ds[0].equals(records[0], logprob_atol=0.02)  # the parent opens the shard before forking
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_child_reads, args=(ds, records, s, queue)) for s in range(3)]
+    for c in children:
+        c.start()
+    results = [queue.get(timeout=60) for _ in children]
+    for c in children:
+        c.join(timeout=60)
+    assert results == [0, 0, 0]
+
+
+def test_batch_validation_names_the_record_and_its_position(tmp_path, rng) -> None:
+    records = [synthetic_record(SPEC, rng, seq_id=i, length=10, vocab_size=1000) for i in range(4)]
+    bad = records[2]
+    lp = bad.logprobs.copy()
+    lp[-1] = 0.0  # the last position now holds more than all the mass
+    records[2] = type(bad)(**{**bad.__dict__, "logprobs": lp})
+    with pytest.raises(InvalidInputError, match=r"record seq_id=2: the stored probabilities of position 9 sum to"):
+        with DatasetWriter(tmp_path / "ds", spec=SPEC, teacher=teacher(1000)) as w:
+            for r in records:
+                w.write(r)
+
+
+def test_rewriting_after_a_crashed_writer_leaves_no_stale_shards(tmp_path, rng) -> None:
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "ds", spec=SPEC, teacher=teacher(1000), shard_entries=100) as w:
+            for i in range(6):
+                w.write(synthetic_record(SPEC, rng, seq_id=i, length=12, vocab_size=1000))
+            raise RuntimeError("crash")
+    assert len(list((tmp_path / "ds" / "shards").iterdir())) >= 2
+    _write(tmp_path / "ds", rng, n=1)
+    from logitstore.verify import verify_dataset
+
+    assert verify_dataset(tmp_path / "ds").ok
+
+
+def test_unknown_url_protocol_is_a_clear_error() -> None:
+    with pytest.raises(InvalidInputError, match="cannot open 'nosuchproto://x'"):
+        open_dataset("nosuchproto://x")

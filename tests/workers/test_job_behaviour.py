@@ -277,11 +277,11 @@ def test_cli_with_a_yaml_config_and_a_bad_flag(ray_cluster, tmp_path, llama_dir,
 
 
 def test_a_second_job_on_the_same_output_is_locked_out(ray_cluster, tmp_path, llama_dir, corpus_jsonl) -> None:
-    from logitstore.workers.job import JobLockedError, _JobLock
+    from logitstore.workers.job import LOCK_NAME, JobLockedError, _JobLock
 
     out = tmp_path / "ds"
-    (out / "_job").mkdir(parents=True)
-    with _JobLock(out / "_job" / "lock"), pytest.raises(JobLockedError, match="another precompute job is writing"):
+    out.mkdir()
+    with _JobLock(out / LOCK_NAME), pytest.raises(JobLockedError, match="another precompute job is writing"):
         _job(llama_dir, corpus_jsonl, out)
     _job(llama_dir, corpus_jsonl, out)  # the lock is free again
     assert (out / "manifest.json").exists()
@@ -291,6 +291,8 @@ def test_resuming_with_other_options_is_refused(ray_cluster, tmp_path, llama_dir
     out = tmp_path / "ds"
     (out / "_job").mkdir(parents=True)
     (out / "_job" / "job.json").write_text(json.dumps({"teacher": "another-model"}))
+    (out / "_job" / "commits").mkdir()
+    (out / "_job" / "commits" / "00000.json").write_text("{}")  # that job had committed work
     with pytest.raises(InvalidInputError, match="unfinished job with different .*teacher.*pass --overwrite"):
         _job(llama_dir, corpus_jsonl, out)
     _job(llama_dir, corpus_jsonl, out, overwrite=True)
