@@ -52,6 +52,37 @@ def digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
     return _file_digest(fs, path)
 
 
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """fsync a file, or every file and directory of a tree (a Zarr group), so a rename that follows publishes
+    bytes that are on disk, not only in the page cache."""
+    root = os.fspath(path)
+    paths = [root]
+    if os.path.isdir(root):
+        for dirpath, _, files in os.walk(root):
+            paths.append(dirpath)
+            paths.extend(os.path.join(dirpath, f) for f in files)
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync one directory (not its contents), making a rename inside it durable; best effort."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _file_digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
     h = hashlib.sha256()
     total = 0

@@ -11,7 +11,6 @@ A dataset directory looks like::
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from logitstore.errors import InvalidInputError, ManifestVersionError
+from logitstore.fs import fsync_dir
 from logitstore.spec import Spec
 
 FORMAT_VERSION = 1
@@ -243,21 +243,4 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def finite_or_zero(x: float) -> float:
-    return x if math.isfinite(x) else 0.0
+    fsync_dir(path.parent)

@@ -17,7 +17,7 @@ from typing_extensions import Self
 from logitstore import codec
 from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError, InvalidInputError
-from logitstore.fs import digest
+from logitstore.fs import digest, fsync_dir, fsync_tree
 from logitstore.manifest import ShardInfo
 from logitstore.record import Record
 from logitstore.spec import Spec
@@ -76,8 +76,10 @@ class ShardWriter(ABC):
         if self._num_sequences == 0:
             raise InvalidInputError(f"shard {self.relpath} has no records; a shard holds at least one sequence")
         self._close()
+        fsync_tree(self.tmp_path)  # the manifest may name this shard after a power loss: its bytes must be on disk
         _remove(self.path)
         os.replace(self.tmp_path, self.path)
+        fsync_dir(self.path.parent)
         self._done = True
         nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))
         return ShardInfo(
