@@ -165,7 +165,13 @@ def _ensure_ray(config: PrecomputeConfig) -> bool:
     if ray.is_initialized():
         return False
     if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
+        try:
+            ray.init(address=config.ray_address, log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001 -- ray raises ConnectionError, ValueError, RuntimeError...
+            raise InvalidInputError(
+                f"cannot join the Ray cluster at --ray-address {config.ray_address!r}: {exc}; check the address "
+                "(`ray status` on the head node prints it) or omit the flag to run on this machine"
+            ) from None
     else:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     return True

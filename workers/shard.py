@@ -59,19 +59,23 @@ def compute_shard(
     by_length: dict[int, list[int]] = defaultdict(list)
     for s in seq_ids:
         by_length[len(corpus[s])].append(s)
-    records: dict[int, Record] = {}
     vocab = teacher.vocab_size
     chunk = max(1, CHUNK_ELEMENTS // max(1, batch_size * vocab))
-    for length in sorted(by_length):
-        group = by_length[length]
-        for b0 in range(0, len(group), batch_size):
-            batch = group[b0 : b0 + batch_size]
-            tokens = np.stack([corpus[s] for s in batch])
-            records.update(_batch_records(teacher, spec, batch, tokens, chunk))
     writer = open_shard_writer(root, task.index, backend=backend, spec=spec, vocab_size=vocab, first_seq=task.first_seq)
     with writer:
-        for s in seq_ids:
-            writer.write(records.pop(s))
+        # Records are written as soon as every earlier seq_id is done, so a packed corpus (one length but the
+        # last) streams through and only out-of-order length groups wait in memory.
+        pending: dict[int, Record] = {}
+        next_seq = task.first_seq
+        for length in sorted(by_length, key=lambda n: by_length[n][0]):
+            group = by_length[length]
+            for b0 in range(0, len(group), batch_size):
+                batch = group[b0 : b0 + batch_size]
+                tokens = np.stack([corpus[s] for s in batch])
+                pending.update(_batch_records(teacher, spec, batch, tokens, chunk))
+                while next_seq in pending:
+                    writer.write(pending.pop(next_seq))
+                    next_seq += 1
         info = writer.commit()
     record = commit_record_path(job_dir, task.index)
     record.parent.mkdir(parents=True, exist_ok=True)
