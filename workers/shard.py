@@ -91,16 +91,30 @@ def _batch_records(
     mask = torch.ones_like(input_ids)
     keys = [content_key(row) for row in tokens]
     parts: list[list[dict[str, np.ndarray | None]]] = [[] for _ in seq_ids]
+    b = len(seq_ids)
     for t0, t1, logits in teacher.logit_chunks(input_ids, mask, chunk):
-        for j in range(len(seq_ids)):
-            streams, positions = position_streams(spec.seed, [keys[j]], [t1 - t0], device=logits.device)
-            positions = positions + t0
-            parts[j].append(sparsify(logits[j], spec, streams=streams, positions=positions).numpy())
+        # One sparsify call for the whole chunk (rows are independent, so this equals per-sequence calls).
+        c = t1 - t0
+        streams, positions = position_streams(spec.seed, keys, [c] * b, device=logits.device)
+        sparse = sparsify(logits.reshape(b * c, -1), spec, streams=streams, positions=positions + t0).numpy()
+        entry_off = np.concatenate([[0], np.cumsum(sparse["nnz"], dtype=np.int64)])
+        for j in range(b):
+            r0, r1 = j * c, (j + 1) * c
+            e0, e1 = int(entry_off[r0]), int(entry_off[r1])
+            parts[j].append(
+                {
+                    name: None if value is None else value[r0:r1] if name in _PER_POSITION else value[e0:e1]
+                    for name, value in sparse.items()
+                }
+            )
     out = {}
     for j, s in enumerate(seq_ids):
         fields = {name: _cat([p[name] for p in parts[j]]) for name in parts[j][0]}
         out[s] = Record(seq_id=s, key=keys[j], input_ids=tokens[j].astype(np.int32), **fields)  # type: ignore[arg-type]
     return out
+
+
+_PER_POSITION = ("lse", "nnz", "proposal_lse")
 
 
 def _cat(values: list[np.ndarray | None]) -> np.ndarray | None:
