@@ -45,6 +45,7 @@ class Columns:
     logprobs: np.ndarray  # [E] uint16 (q16) or float32
     counts: np.ndarray | None  # [E] uint16 (sample)
     proposal_lse: np.ndarray | None  # [P] float32
+    kept_mass_sum: float = 0.0  # sum over positions of the stored teacher mass (set by encode)
 
     def __len__(self) -> int:
         return int(self.seq_ids.shape[0])
@@ -74,10 +75,6 @@ class Columns:
             proposal_lse=cut(self.proposal_lse, a, b),
         )
 
-    @property
-    def kept_mass_sum(self) -> float:
-        """Filled by :func:`encode`: sum over positions of the kept teacher mass."""
-        return float(getattr(self, "_kept_mass_sum", 0.0))
 
 
 def quant_step(spec: Spec) -> float:
@@ -159,7 +156,7 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
             else None
         ),
     )
-    cols._kept_mass_sum = float(mass.sum())  # type: ignore[attr-defined]
+    cols.kept_mass_sum = float(mass.sum())
     return cols
 
 

@@ -97,7 +97,9 @@ def _batch_records(
         c = t1 - t0
         streams, positions = position_streams(spec.seed, keys, [c] * b, device=logits.device)
         sparse = sparsify(logits.reshape(b * c, -1), spec, streams=streams, positions=positions + t0).numpy()
-        entry_off = np.concatenate([[0], np.cumsum(sparse["nnz"], dtype=np.int64)])
+        nnz = sparse["nnz"]
+        assert nnz is not None
+        entry_off = np.concatenate([[0], np.cumsum(nnz, dtype=np.int64)])
         for j in range(b):
             r0, r1 = j * c, (j + 1) * c
             e0, e1 = int(entry_off[r0]), int(entry_off[r1])

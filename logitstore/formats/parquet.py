@@ -160,4 +160,5 @@ def _concat_columns(parts: list[Columns]) -> Columns:
         values = [getattr(p, name) for p in parts]
         return None if values[0] is None else np.concatenate(values)
 
-    return Columns(**{name: cat(name) for name in Columns.__dataclass_fields__})  # type: ignore[arg-type]
+    arrays = [name for name in Columns.__dataclass_fields__ if name != "kept_mass_sum"]
+    return Columns(**{name: cat(name) for name in arrays})  # type: ignore[arg-type]
