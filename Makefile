@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	@echo "logitstore demo: not yet (the end-to-end demo lands with the demo issue)."
+	$(VENV)/bin/logitstore demo
 
 bench-storage: $(STAMP)
 	$(PY) bench/storage.py

@@ -91,6 +91,15 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from logitstore.workers.demo import run_demo
+
+    run_demo(Path(args.workdir), quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitstore", description="Offline teacher-logit cache for distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -131,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a complete dataset at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_precompute)
+
+    p = sub.add_parser("demo", help="run the precompute path end to end on the Python docs (nothing downloaded)")
+    p.add_argument("--workdir", default=".demo", help="where the corpus, teacher and store go (default .demo)")
+    p.add_argument("--quick", action="store_true", help="smaller tokenizer and sequences")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("inspect", help="summarize a dataset: teacher, method, size, bytes/token, kept mass")
     p.add_argument("path", help="dataset directory or fsspec URL")

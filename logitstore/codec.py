@@ -76,7 +76,6 @@ class Columns:
         )
 
 
-
 def quant_step(spec: Spec) -> float:
     return spec.encoding.step * _STEP_MARGIN
 
