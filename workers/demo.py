@@ -102,6 +102,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR, *, quick: bool = False) -> None:
     print("\n" + format_summary(summarize(workdir / "store" / "topk32")))
     print(
         f"\ncontent lookup: key {record.key.hex()} -> seq_id {found.seq_id}; position 0 keeps ids "
-        f"{record.ids[: record.nnz[0]][:8].tolist()}... with logprobs {[round(float(x), 3) for x in record.logprobs[:3]]}..."
+        f"{record.ids[: record.nnz[0]][:8].tolist()}... with logprobs "
+        f"{[round(float(x), 3) for x in record.logprobs[:3]]}..."
     )
     print(f"\nDone. The caches are in {workdir / 'store'}; try `logitstore inspect {workdir / 'store' / 'sample32'}`.")
