@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,7 +337,3 @@ def _run(
     from logitstore.workers.ray_pool import run_shards
 
     return run_shards(config, todo, root=root, job_dir=job_dir, corpus=corpus)
-
-
-def main_summary(result: PrecomputeResult) -> None:
-    print(result.summary(), file=sys.stdout)
