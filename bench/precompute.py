@@ -40,22 +40,9 @@ VOCAB = 32_000
 
 
 def build_teacher(directory: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from logitstore.workers.checkpoints import save_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(40.0)
-    model.save_pretrained(directory)
+    save_llama(directory, vocab_size=VOCAB, hidden_size=128, num_layers=4, max_positions=2048, head_scale=40.0)
 
 
 def write_corpus(path: Path, sequences: int, seq_len: int) -> None:

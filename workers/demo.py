@@ -28,38 +28,17 @@ def _corpus(workdir: Path) -> Path:
 
 
 def _teacher(workdir: Path, corpus: Path, vocab: int) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from logitstore.workers.checkpoints import save_llama, train_bpe_tokenizer
 
     directory = workdir / "teacher"
     if (directory / "config.json").exists():
         return directory
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(20.0)  # peaked distributions, like a trained model's
+    tokenizer = train_bpe_tokenizer(texts, vocab)
     tmp = directory.with_name("teacher.partial")
-    model.save_pretrained(tmp)
-    fast.save_pretrained(tmp)
+    # peaked distributions, like a trained model's
+    save_llama(tmp, vocab_size=len(tokenizer), hidden_size=128, num_layers=2, max_positions=1024, head_scale=20.0)
+    tokenizer.save_pretrained(tmp)
     tmp.rename(directory)
     return directory
 

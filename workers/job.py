@@ -136,13 +136,7 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
         vocab = model_config.get("vocab_size")
         if not isinstance(vocab, int):
             raise InvalidInputError(f"{config.teacher}/config.json has no integer vocab_size")
-
-        class _Cfg:  # the keys describe_max_positions looks for
-            pass
-
-        holder = _Cfg()
-        holder.__dict__.update(model_config)
-        max_positions = describe_max_positions(holder)
+        max_positions = describe_max_positions(model_config)
         if max_positions is not None and config.seq_len > max_positions:
             raise InvalidInputError(
                 f"seq_len {config.seq_len} exceeds the teacher's {max_positions} positions; use --seq-len "
@@ -237,7 +231,7 @@ def _check_identity(job_dir: Path, config: PrecomputeConfig, teacher_revision: s
 
 
 class _JobLock:
-    """An exclusive flock on ``_job/lock``; the OS releases it when the holder dies, even by SIGKILL."""
+    """An exclusive flock on ``<out>/.lock``; the OS releases it when the holder dies, even by SIGKILL."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -107,7 +107,9 @@ def run_shards(
         queue = deque((task, 0) for task in todo)
         in_flight: dict[Any, tuple[Any, ShardTask, int]] = {}
         done: dict[int, ShardInfo] = {}
-        progress = _Progress(sum(corpus_tokens(corpus, t) for t in todo), enabled=config.progress)
+        offsets = SequenceReader(corpus.directory).offsets
+        todo_tokens = sum(int(offsets[t.first_seq + t.num_sequences] - offsets[t.first_seq]) for t in todo)
+        progress = _Progress(todo_tokens, enabled=config.progress)
         while queue or in_flight:
             while queue and idle:
                 task, attempt = queue.popleft()
@@ -146,11 +148,6 @@ def run_shards(
                 ray.kill(actor, no_restart=True)
         if started_here:
             ray.shutdown()
-
-
-def corpus_tokens(corpus: PackedCorpus, task: ShardTask) -> int:
-    reader = SequenceReader(corpus.directory)
-    return int(reader.offsets[task.first_seq + task.num_sequences] - reader.offsets[task.first_seq])
 
 
 def _describe(exc: BaseException) -> str:

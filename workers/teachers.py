@@ -88,7 +88,7 @@ class CausalLMTeacher:
         self.dtype = str(torch_dtype).removeprefix("torch.")
         head = self.model.get_output_embeddings()
         self.vocab_size = int(head.weight.shape[0])
-        self.max_positions = describe_max_positions(config)
+        self.max_positions = describe_max_positions(config.to_dict())
         self._head = head
         self._softcap = getattr(config, "final_logit_softcapping", None)
         self._scale = getattr(config, "logit_scale", None)
@@ -131,9 +131,10 @@ class CausalLMTeacher:
             yield t0, t1, logits
 
 
-def describe_max_positions(config: Any) -> int | None:
+def describe_max_positions(config: dict[str, Any]) -> int | None:
+    """The model's position limit from its config.json mapping, under whichever name the architecture uses."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
+        value = config.get(name)
         if isinstance(value, int) and value > 0:
             return value
     return None

@@ -18,43 +18,23 @@ CORPUS = [
 ] * 4
 
 
-def _train_tokenizer(directory: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
-    tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-    fast.save_pretrained(directory)
-
-
 def _save_model(kind: str, directory: Path, vocab_size: int) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(0)
+    from logitstore.workers.checkpoints import save_llama, train_bpe_tokenizer
+
     if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-        )
-        model = LlamaForCausalLM(config)
+        save_llama(directory, vocab_size=vocab_size, hidden_size=32, num_layers=2, max_positions=256, head_scale=30.0)
     else:
+        torch.manual_seed(0)
         config = GPT2Config(
             vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=256, bos_token_id=1, eos_token_id=2
         )
         model = GPT2LMHeadModel(config)
-    with torch.no_grad():  # a random init is nearly uniform; sharpen it so top-k and sampling see real structure
-        model.get_output_embeddings().weight.mul_(30.0)
-    model.save_pretrained(directory)
-    _train_tokenizer(directory)
+        with torch.no_grad():  # a random init is nearly uniform; sharpen it so top-k and sampling see structure
+            model.get_output_embeddings().weight.mul_(30.0)
+        model.save_pretrained(directory)
+    train_bpe_tokenizer(CORPUS, 200).save_pretrained(directory)
 
 
 @pytest.fixture(scope="session")
