@@ -1,4 +1,4 @@
-"""Counter-based random numbers for the ``sample`` method.
+"""Counter-based random numbers: the ``sample`` method's draws and the loader's epoch permutations.
 
 A draw's uniform is a pure function of (seed, sequence key, position, draw index), so sampled targets do not depend
 on batch composition, chunk size, worker count, device or restarts. The per-sequence part is hashed on the host
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
@@ -71,3 +72,24 @@ def uniforms(streams: torch.Tensor, positions: torch.Tensor, num_draws: int) -> 
     lo = _mix32(_mix32(state ^ (2 * draw + 1)) ^ s1)
     bits = (hi >> 5) * (1 << 26) + (lo >> 6)  # 27 + 26 = 53 bits
     return bits.to(torch.float64) * (1.0 / (1 << 53))
+
+
+def permutation(n: int, *words: int) -> np.ndarray:
+    """A permutation of ``0..n-1`` (``[n] int64``) that is a pure function of ``(n, words)``.
+
+    Sorts splitmix64 hashes of the indices, so the result never depends on numpy's generator algorithms (which may
+    change between releases) and every rank and worker computes the same order without communicating.
+    """
+    state = np.uint64(0x243F6A8885A308D3)
+    for w in words:
+        state = _splitmix64(np.asarray(state ^ np.uint64(w & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64))[()]
+    keys = _splitmix64(np.arange(n, dtype=np.uint64) ^ state)
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))

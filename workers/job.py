@@ -7,7 +7,6 @@ result is byte-identical to an uninterrupted run. The manifest is written only w
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from logitstore.compat import tokenizer_fingerprint
 from logitstore.errors import DatasetExistsError, InvalidInputError, LogitStoreError
 from logitstore.fs import digest, resolve
 from logitstore.manifest import (
@@ -198,8 +198,7 @@ def _load_tokenizer(config: PrecomputeConfig, kind: str) -> Any:
 
 
 def _tokenizer_info(tokenizer: Any, name: str) -> TokenizerInfo:
-    vocab = tokenizer.get_vocab()
-    vocab_hash = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+    vocab_hash = tokenizer_fingerprint(tokenizer)
     specials = {
         attr.removesuffix("_token_id"): value
         for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")

@@ -1,0 +1,278 @@
+"""Knowledge-distillation losses that are correct on sparse cached targets.
+
+Notation, per position: student logits ``s [V]``, ``q = softmax(s / tau)``; teacher ``p = softmax(z)`` known on the
+stored ids ``S`` (``log p_i`` exact, since the cache normalizes by the exact log-sum-exp); tail mass
+``r = 1 - sum_S p_i`` (clamped at 0: q16 logprobs can overshoot by the encoding's error bound).
+
+Divergences (``kind``):
+
+- ``forward_kl``: ``KL(p || q) = sum_i p_i (log p_i - log q_i)``
+- ``reverse_kl``: ``KL(q || p) = sum_i q_i (log q_i - log p_i)``
+- ``jsd``: generalized Jensen-Shannon, ``beta KL(p || m) + (1 - beta) KL(q || m)``, ``m = beta p + (1 - beta) q``
+
+Tail handling for caches that truncate (topk, topp; and a sample cache under reverse_kl / jsd, whose unique ids
+are a support with exact probabilities):
+
+- ``renorm``: the teacher renormalized on S. Forward KL uses the full student (``KL(p~ || q)``, which also pulls
+  the student's mass onto S); reverse KL and JSD renormalize the student on S too.
+- ``ghost``: the non-stored mass is one extra bucket on both sides: teacher ``r``, student ``1 - sum_S q_i``
+  (the KL of the coarsened distributions: a lower bound on the full KL).
+- ``exact``: the full-vocabulary divergence to the teacher completed from exactly what the cache knows: the
+  stored ``p_i`` and the tail mass ``r``, spread uniformly over the other ids (the maximum-entropy completion).
+
+All three equal the textbook divergence when nothing was cut (a dense cache, or top-k with k = V). Temperatures
+other than 1 need the teacher at that temperature, which is known on S but not in the tail: they are exact on a
+dense cache and with ``renorm``, and refused with ``ghost`` / ``exact`` on truncated caches.
+
+``sample`` caches under ``forward_kl`` use the unbiased estimator of Random-Sampling KD instead of a tail: with
+counts ``c_i`` of ``n`` draws from the proposal ``q~ proportional to exp(z / tau_q)``,
+``sum_S w_i (log t_i - log q_i)`` with ``w_i = c_i / n`` and target ``t = q~`` estimates ``KL(q~ || q)``: the
+teacher itself when ``tau_q = 1``, the teacher at temperature ``tau`` when ``tau = tau_q``; and for ``tau = 1``
+with ``tau_q != 1`` the importance weights ``w_i = (c_i / n) p_i / q~_i`` estimate ``KL(p || q)``. Each is
+unbiased, and so is its gradient.
+
+Losses are averaged over the positions that hold a teacher distribution and multiplied by ``tau**2`` (Hinton et
+al.), so gradient scales stay comparable across temperatures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from logitstore.collate import IGNORE_INDEX
+from logitstore.errors import InvalidInputError, SpecMismatchError
+
+Kind = Literal["forward_kl", "reverse_kl", "jsd"]
+Tail = Literal["renorm", "ghost", "exact"]
+KINDS = ("forward_kl", "reverse_kl", "jsd")
+TAILS = ("renorm", "ghost", "exact")
+
+#: "probability zero" as a finite log: exp underflows to exactly 0, and no gradient meets inf - inf.
+NEG = -1.0e4
+#: the teacher's tail mass is at least this in ghost / exact tails, so log r stays finite when q16 rounding
+#: (or a cache that keeps nearly everything) leaves no mass for the tail.
+TAIL_FLOOR = 1.0e-6
+#: automatic chunking keeps temporaries of [positions, V] float32 near this many elements.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    batch: Mapping[str, Any],
+    *,
+    kind: Kind = "forward_kl",
+    tail: Tail = "ghost",
+    temperature: float = 1.0,
+    ce_weight: float = 0.0,
+    beta: float = 0.5,
+    chunk_size: int | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Distillation loss of a student against a cached teacher batch (from :func:`logitstore.collate.collate`).
+
+    Args:
+        student_logits: ``[B, T, V_s]`` (or ``[B, V_s]`` for a classifier), any float dtype; ``V_s`` may exceed
+            the cache's vocabulary (extra logits are ignored).
+        batch: target tensors ``[B, T, K]`` and ``lse [B, T]``, on the student's device.
+        kind: ``forward_kl`` | ``reverse_kl`` | ``jsd`` (module docstring).
+        tail: ``renorm`` | ``ghost`` | ``exact``.
+        temperature: softens teacher and student alike; the loss is scaled by ``temperature**2``.
+        ce_weight: ``loss = (1 - ce_weight) * KD + ce_weight * CE(labels)`` (CE at temperature 1).
+        beta: the JSD mixture weight, in (0, 1).
+        chunk_size: positions per chunk. Each chunk is recomputed in the backward pass, so memory beyond the
+            student logits and their gradient stays ``O(B*T*K)`` plus one chunk's ``[chunk, V]``; None picks
+            chunks of about ``CHUNK_ELEMENTS`` logits. Chunked and unchunked results are equal.
+        labels: ``[B, T]`` next-token ids for CE (default ``batch["labels"]``; -100 is ignored).
+
+    Returns:
+        A scalar tensor (float32).
+    """
+    _check_options(kind, tail, temperature, ce_weight, beta, chunk_size)
+    logits = student_logits.unsqueeze(1) if student_logits.dim() == 2 else student_logits
+    ids, logprobs, mask = batch["target_ids"], batch["target_logprobs"], batch["target_mask"]
+    if logits.dim() != 3 or logits.shape[:2] != ids.shape[:2]:
+        raise InvalidInputError(
+            f"student logits {tuple(student_logits.shape)} do not match targets {tuple(ids.shape)}: expected "
+            f"[B, T, V] with B, T = {tuple(ids.shape[:2])} (or [B, V] for a classifier cache)"
+        )
+    b, t, v_student = logits.shape
+    vocab = int(batch.get("vocab_size", v_student))
+    if v_student < vocab:
+        raise SpecMismatchError(
+            f"the student has {v_student} logits but the batch's targets use ids up to {vocab - 1}: build the "
+            f"LogitDataset with student_vocab_size={v_student} (it checks whether the teacher's extra ids are padding)"
+        )
+    spec = batch.get("spec")
+    counts = batch.get("target_counts")
+    dense = spec is not None and spec.method == "dense"
+    sampled = counts is not None and kind == "forward_kl"
+    mode = "renorm" if dense else ("sampled" if sampled else tail)
+    weights, log_target = None, None
+    if sampled:
+        weights, log_target = _sample_targets(batch, temperature)
+    elif temperature != 1.0 and mode != "renorm":
+        raise InvalidInputError(
+            f"temperature {temperature} with tail={tail!r}: the teacher's tempered distribution is unknown beyond "
+            f"the stored entries of a {spec.method if spec else 'sparse'} cache; use tail='renorm', temperature=1, "
+            "or a dense cache"
+        )
+    if labels is None:
+        labels = batch.get("labels")
+    if ce_weight > 0 and labels is None:
+        raise InvalidInputError(
+            "ce_weight > 0 needs labels: the batch has none (a classifier cache); pass labels=[B] class ids"
+        )
+    if labels is not None and labels.dim() == 1:
+        labels = labels.unsqueeze(1)
+
+    positions = b * t
+    flat = logits.reshape(positions, v_student)
+    per_chunk = chunk_size or max(1, CHUNK_ELEMENTS // v_student)
+    targets = [
+        ids.reshape(positions, -1).long(),
+        logprobs.reshape(positions, -1).float(),
+        mask.reshape(positions, -1),
+        None if weights is None else weights.reshape(positions, -1),
+        None if log_target is None else log_target.reshape(positions, -1),
+        None if labels is None or ce_weight == 0 else labels.reshape(positions),
+    ]
+    kd_parts, ce_parts = [], []
+    recompute = torch.is_grad_enabled() and flat.requires_grad and per_chunk < positions
+    for lo in range(0, positions, per_chunk):
+        hi = min(lo + per_chunk, positions)
+        args = [flat[lo:hi]] + [None if x is None else x[lo:hi] for x in targets]
+
+        def run(*a: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab)
+
+        kd, ce = checkpoint(run, *args, use_reentrant=False) if recompute else run(*args)
+        kd_parts.append(kd)
+        ce_parts.append(ce)
+    kd_pos, ce_pos = torch.cat(kd_parts), torch.cat(ce_parts)
+    valid = mask.reshape(positions, -1).any(-1)
+    kd_loss_value = (kd_pos * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+    if ce_weight == 0:
+        return kd_loss_value
+    has_label = targets[5] != IGNORE_INDEX  # type: ignore[operator]
+    ce_value = (ce_pos * has_label).sum() / has_label.sum().clamp(min=1)
+    return (1.0 - ce_weight) * kd_loss_value + ce_weight * ce_value
+
+
+def _check_options(kind: str, tail: str, temperature: float, ce_weight: float, beta: float, chunk: int | None) -> None:
+    if kind not in KINDS:
+        raise InvalidInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if tail not in TAILS:
+        raise InvalidInputError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise InvalidInputError(f"temperature must be a positive number, got {temperature!r}")
+    if not (0.0 <= ce_weight <= 1.0):
+        raise InvalidInputError(f"ce_weight must be in [0, 1], got {ce_weight!r}")
+    if not (0.0 < beta < 1.0):
+        raise InvalidInputError(f"beta must be in (0, 1) (0 and 1 are the two KLs), got {beta!r}")
+    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+        raise InvalidInputError(f"chunk_size must be a positive integer or None, got {chunk!r}")
+
+
+def _sample_targets(batch: Mapping[str, Any], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``[B, T, K]`` and log-targets ``[B, T, K]`` of the sampled forward-KL estimator."""
+    spec = batch["spec"]
+    counts, logprobs, mask = batch["target_counts"], batch["target_logprobs"].float(), batch["target_mask"]
+    tau_q = float(spec.proposal_temperature)
+    weights = counts.float() / float(spec.n)
+    if tau_q == 1.0:
+        if temperature != 1.0:
+            raise SpecMismatchError(
+                f"temperature {temperature} on a sample cache drawn at proposal temperature 1: the draws estimate "
+                f"the teacher at temperature 1 only; use temperature=1, or rebuild the cache with "
+                f"--proposal-temperature {temperature}"
+            )
+        return weights, logprobs
+    # log q~_i = z_i / tau_q - proposal_lse, with z_i = log p_i + lse
+    log_proposal = (logprobs + batch["lse"].float().unsqueeze(-1)) / tau_q - batch["proposal_lse"].float().unsqueeze(-1)
+    log_proposal = log_proposal.masked_fill(~mask, NEG)
+    if temperature == tau_q:
+        return weights, log_proposal
+    if temperature == 1.0:
+        ratio = torch.exp((logprobs - log_proposal).masked_fill(~mask, 0.0))
+        return weights * ratio, logprobs
+    raise SpecMismatchError(
+        f"temperature {temperature} on a sample cache drawn at proposal temperature {tau_q}: the draws estimate the "
+        f"teacher at temperature 1 (importance weighted) or at {tau_q} only; use one of those"
+    )
+
+
+def _chunk(
+    s: torch.Tensor,
+    ids: torch.Tensor,
+    logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    weights: torch.Tensor | None,
+    log_target: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    *,
+    mode: str,
+    kind: str,
+    temperature: float,
+    beta: float,
+    vocab: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position KD and CE terms ``([P], [P])`` of one chunk of ``P`` positions (``s [P, V_s]``)."""
+    x = s[:, :vocab].float()
+    log_q1 = x - torch.logsumexp(x, dim=-1, keepdim=True)
+    log_q = log_q1 if temperature == 1.0 else torch.log_softmax(x / temperature, dim=-1)
+    safe_ids = ids.masked_fill(~mask, 0)
+    lq = log_q.gather(-1, safe_ids).masked_fill(~mask, NEG)  # [P, K]
+    zero = ~mask | torch.isneginf(logprobs)
+    lp = logprobs.masked_fill(zero, NEG)
+
+    if mode == "sampled":
+        assert weights is not None and log_target is not None
+        kd = (weights * (log_target - lq)).masked_fill(~mask, 0.0).sum(-1)
+    elif mode == "renorm":
+        a = torch.log_softmax((logprobs / temperature).masked_fill(zero, NEG), dim=-1).masked_fill(zero, NEG)
+        b = lq if kind == "forward_kl" else torch.log_softmax(lq, dim=-1).masked_fill(~mask, NEG)
+        kd = _divergence(a, b, kind, beta)
+    elif mode == "ghost":
+        log_r = _log_tail_mass(lp)
+        log_q_tail = torch.log(torch.clamp(-torch.expm1(torch.logsumexp(lq, dim=-1)), min=1e-30))
+        a = torch.cat([lp, log_r.unsqueeze(-1)], dim=-1)
+        b = torch.cat([lq, log_q_tail.unsqueeze(-1)], dim=-1)
+        kd = _divergence(a, b, kind, beta)
+    else:  # exact: the full vocabulary, the tail mass spread uniformly over the non-stored ids
+        stored = mask.sum(-1)
+        log_r = _log_tail_mass(lp)
+        others = (vocab - stored).clamp(min=1)
+        log_u = torch.where(stored < vocab, log_r - torch.log(others.float()), torch.full_like(log_r, NEG))
+        full = log_u.unsqueeze(-1).expand(-1, vocab + 1).clone()  # column `vocab` catches masked entries
+        slots = ids.masked_fill(~mask, vocab)
+        full.scatter_(-1, slots, lp)
+        kd = _divergence(full[:, :vocab], log_q, kind, beta)
+
+    if labels is None:
+        ce = torch.zeros_like(kd)
+    else:
+        has = labels != IGNORE_INDEX
+        ce = -log_q1.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
+    return kd, ce
+
+
+def _log_tail_mass(lp: torch.Tensor) -> torch.Tensor:
+    """``[P]`` log of the teacher's non-stored mass, floored at ``TAIL_FLOOR``."""
+    kept = torch.exp(lp).sum(-1)
+    return torch.log(torch.clamp(1.0 - kept, min=TAIL_FLOOR))
+
+
+def _divergence(a: torch.Tensor, b: torch.Tensor, kind: str, beta: float) -> torch.Tensor:
+    """``[P]`` divergence between teacher log-probabilities ``a`` and student ``b`` over the last dim (``NEG``
+    stands for probability zero)."""
+    if kind == "forward_kl":
+        return (torch.exp(a) * (a - b)).sum(-1)
+    if kind == "reverse_kl":
+        return (torch.exp(b) * (b - a)).sum(-1)
+    log_m = torch.logaddexp(a + math.log(beta), b + math.log(1.0 - beta))
+    return beta * (torch.exp(a) * (a - log_m)).sum(-1) + (1.0 - beta) * (torch.exp(b) * (b - log_m)).sum(-1)

@@ -1,0 +1,258 @@
+"""kd_loss against textbook formulas on dense teachers, hand-checked tails, chunking, and the sampled estimator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from logitstore import LOSSLESS, Spec
+from logitstore.collate import collate
+from logitstore.errors import InvalidInputError, SpecMismatchError
+from logitstore.losses import KINDS, TAILS, kd_loss
+from tests.conftest import sparse_record, teacher_like_logits
+
+V = 40
+T = 6
+
+
+def batch_for(spec: Spec, z: torch.Tensor, *, seeds: int = 1) -> dict:
+    """One batch holding the cache records of teacher logits ``z [B, T, V]``."""
+    records = [
+        sparse_record(spec, z[i], seq_id=i, input_ids=np.arange(i, i + z.shape[1], dtype=np.int32))
+        for i in range(z.shape[0])
+    ]
+    return collate(records, spec=spec, vocab_size=z.shape[-1])
+
+
+def textbook(z: torch.Tensor, s: torch.Tensor, kind: str, temperature: float = 1.0, beta: float = 0.5):
+    """Mean over positions of the divergence between softmax(z / tau) and softmax(s / tau), times tau**2."""
+    a = torch.log_softmax(z.double() / temperature, -1)
+    b = torch.log_softmax(s.double() / temperature, -1)
+    if kind == "forward_kl":
+        d = (a.exp() * (a - b)).sum(-1)
+    elif kind == "reverse_kl":
+        d = (b.exp() * (b - a)).sum(-1)
+    else:
+        m = torch.logaddexp(a + math.log(beta), b + math.log(1 - beta))
+        d = beta * (a.exp() * (a - m)).sum(-1) + (1 - beta) * (b.exp() * (b - m)).sum(-1)
+    return d.mean() * temperature**2
+
+
+@pytest.fixture
+def logits(rng):
+    z = torch.stack([teacher_like_logits(rng, T, V) for _ in range(2)])
+    s = torch.randn(2, T, V, generator=torch.Generator().manual_seed(0)) * 2
+    return z, s
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tail", TAILS)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_dense_cache_equals_the_textbook_formula(logits, kind, tail, temperature):
+    z, s = logits
+    batch = batch_for(Spec(method="dense", encoding=LOSSLESS), z)
+    got = kd_loss(s, batch, kind=kind, tail=tail, temperature=temperature)
+    assert got.item() == pytest.approx(textbook(z, s, kind, temperature).item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_topk_with_k_equal_v_under_renorm_equals_dense(logits, kind, temperature):
+    z, s = logits
+    batch = batch_for(Spec(method="topk", k=V, encoding=LOSSLESS), z)
+    got = kd_loss(s, batch, kind=kind, tail="renorm", temperature=temperature)
+    assert got.item() == pytest.approx(textbook(z, s, kind, temperature).item(), rel=1e-5, abs=1e-6)
+
+
+def small_case():
+    """V=5, the teacher keeps ids 3 and 0 (p = .5, .3; tail .2); a fixed student."""
+    p = torch.tensor([0.3, 0.05, 0.1, 0.5, 0.05], dtype=torch.float64)
+    s = torch.tensor([[[0.2, -1.0, 0.5, 1.0, 0.0]]])
+    spec = Spec(method="topk", k=2, encoding=LOSSLESS)
+    batch = batch_for(spec, torch.log(p).float().reshape(1, 1, 5))
+    q = torch.softmax(s.double().reshape(5), -1)
+    return p, q, s, batch
+
+
+def test_ghost_bucket_by_hand():
+    p, q, s, batch = small_case()
+    r, q_tail = 0.2, 1 - q[3] - q[0]
+    fwd = 0.5 * math.log(0.5 / q[3]) + 0.3 * math.log(0.3 / q[0]) + r * math.log(r / q_tail)
+    rev = q[3] * math.log(q[3] / 0.5) + q[0] * math.log(q[0] / 0.3) + q_tail * math.log(q_tail / r)
+    assert kd_loss(s, batch, kind="forward_kl", tail="ghost").item() == pytest.approx(float(fwd), rel=1e-5)
+    assert kd_loss(s, batch, kind="reverse_kl", tail="ghost").item() == pytest.approx(float(rev), rel=1e-5)
+    tp, tq = torch.tensor([0.5, 0.3, r]), torch.stack([q[3], q[0], q_tail]).float()
+    m = 0.3 * tp + 0.7 * tq
+    jsd = 0.3 * (tp * (tp / m).log()).sum() + 0.7 * (tq * (tq / m).log()).sum()
+    assert kd_loss(s, batch, kind="jsd", tail="ghost", beta=0.3).item() == pytest.approx(jsd.item(), rel=1e-5)
+
+
+def test_renorm_and_exact_tails_by_hand():
+    p, q, s, batch = small_case()
+    renorm = (0.5 / 0.8) * math.log((0.5 / 0.8) / q[3]) + (0.3 / 0.8) * math.log((0.3 / 0.8) / q[0])
+    assert kd_loss(s, batch, tail="renorm").item() == pytest.approx(float(renorm), rel=1e-5)
+    completed = torch.tensor([0.3, 0.2 / 3, 0.2 / 3, 0.5, 0.2 / 3], dtype=torch.float64)  # uniform tail
+    exact = (completed * (completed / q).log()).sum()
+    assert kd_loss(s, batch, tail="exact").item() == pytest.approx(exact.item(), rel=1e-5)
+    q_renorm = torch.stack([q[3], q[0]]) / (q[3] + q[0])
+    p_renorm = torch.tensor([0.5, 0.3], dtype=torch.float64) / 0.8
+    rev = (q_renorm * (q_renorm / p_renorm).log()).sum()
+    assert kd_loss(s, batch, kind="reverse_kl", tail="renorm").item() == pytest.approx(rev.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Spec(method="topk", k=8, encoding=LOSSLESS),
+        Spec(method="topp", p=0.9, k=16, encoding=LOSSLESS),
+        Spec(method="sample", n=12, encoding=LOSSLESS),
+        Spec(method="sample", n=12, proposal_temperature=2.0),
+        Spec(method="dense"),
+    ],
+    ids=lambda s: s.describe(),
+)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tail", TAILS)
+def test_chunked_equals_unchunked_in_value_and_gradient(logits, spec, kind, tail):
+    z, s = logits
+    batch = batch_for(spec, z)
+    results = []
+    for chunk in (None, 1, 5):
+        x = s.clone().requires_grad_(True)
+        loss = kd_loss(x, batch, kind=kind, tail=tail, chunk_size=chunk, ce_weight=0.25)
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0])  # bit-identical: every position is computed the same way
+        # gradients agree to float32 rounding (vectorized kernels may split a [P, V] backward differently)
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-5, atol=1e-9)
+    assert torch.isfinite(results[0][1]).all()
+
+
+def test_ce_mixing_and_padding(rng):
+    """Two sequences of different lengths: padded positions contribute nothing to KD or CE."""
+    spec = Spec(method="topk", k=4)
+    z = [teacher_like_logits(rng, n, V) for n in (5, 3)]
+    records = [
+        sparse_record(spec, z[i], seq_id=i, input_ids=np.arange(1, 1 + len(z[i]), dtype=np.int32)) for i in (0, 1)
+    ]
+    batch = collate(records, spec=spec, vocab_size=V)
+    s = torch.randn(2, 5, V, generator=torch.Generator().manual_seed(1))
+    s_garbage = s.clone()
+    s_garbage[1, 3:] = 1e3  # padding positions of the short sequence
+    kd, kd_g = kd_loss(s, batch), kd_loss(s_garbage, batch)
+    assert kd.item() == pytest.approx(kd_g.item(), rel=1e-6)
+    ce = kd_loss(s, batch, ce_weight=1.0)
+    logq = torch.log_softmax(s, -1)
+    manual = -torch.cat(
+        [logq[0, torch.arange(4), torch.arange(2, 6)], logq[1, torch.arange(2), torch.arange(2, 4)]]
+    ).mean()
+    assert ce.item() == pytest.approx(manual.item(), rel=1e-5)
+    mixed = kd_loss(s, batch, ce_weight=0.3)
+    assert mixed.item() == pytest.approx(0.7 * kd.item() + 0.3 * ce.item(), rel=1e-5)
+
+
+def test_a_student_with_a_padded_head_ignores_the_extra_logits(logits):
+    z, s = logits
+    batch = batch_for(Spec(method="dense", encoding=LOSSLESS), z)
+    padded = torch.cat([s, torch.full((2, T, 24), 5.0)], dim=-1)
+    assert kd_loss(padded, batch).item() == pytest.approx(textbook(z, s, "forward_kl").item(), rel=1e-5)
+
+
+# -- the sampled estimator: unbiased gradients, and the bias of small top-k ----------------------------------------
+
+
+def mean_gradient(spec_for_seed, z, s, seeds, **kwargs) -> torch.Tensor:
+    total = torch.zeros_like(s)
+    for seed in range(seeds):
+        batch = batch_for(spec_for_seed(seed), z)
+        x = s.clone().requires_grad_(True)
+        kd_loss(x, batch, **kwargs).backward()
+        total += x.grad
+    return total / seeds
+
+
+def full_kd_gradient(z, s, temperature=1.0) -> torch.Tensor:
+    x = s.clone().requires_grad_(True)
+    textbook(z, x, "forward_kl", temperature).backward()
+    return x.grad.float()
+
+
+def cos_and_norm_ratio(g, ref):
+    cos = torch.nn.functional.cosine_similarity(g.flatten(), ref.flatten(), dim=0).item()
+    return cos, (g.norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("proposal_temperature", [1.0, 1.5])
+def test_sampled_estimator_is_unbiased_while_small_topk_is_biased(rng, proposal_temperature, record_property):
+    vocab = 200
+    z = teacher_like_logits(rng, 8, vocab).unsqueeze(0)
+    s = torch.randn(1, 8, vocab, generator=torch.Generator().manual_seed(3))
+    ref = full_kd_gradient(z, s)
+    sampled = mean_gradient(
+        lambda seed: Spec(
+            method="sample", n=16, proposal_temperature=proposal_temperature, seed=seed, encoding=LOSSLESS
+        ),
+        z,
+        s,
+        seeds=400,
+    )
+    cos, ratio = cos_and_norm_ratio(sampled, ref)
+    record_property("sample16_cos", cos)
+    record_property("sample16_norm_ratio", ratio)
+    assert cos > 0.99 and abs(ratio - 1) < 0.05, (cos, ratio)
+    for tail in ("renorm", "ghost"):  # deterministic targets: the bias does not average away
+        topk = mean_gradient(lambda seed: Spec(method="topk", k=4, encoding=LOSSLESS), z, s, seeds=1, tail=tail)
+        cos_k, ratio_k = cos_and_norm_ratio(topk, ref)
+        record_property(f"top4_{tail}_cos", cos_k)
+        record_property(f"top4_{tail}_norm_ratio", ratio_k)
+        assert not (cos_k > 0.99 and abs(ratio_k - 1) < 0.05), (tail, cos_k, ratio_k)
+
+
+def test_sampled_estimator_at_the_proposal_temperature_targets_the_tempered_teacher(rng):
+    vocab = 120
+    z = teacher_like_logits(rng, 6, vocab).unsqueeze(0)
+    s = torch.randn(1, 6, vocab, generator=torch.Generator().manual_seed(4))
+    ref = full_kd_gradient(z, s, temperature=2.0)
+    g = mean_gradient(
+        lambda seed: Spec(method="sample", n=16, proposal_temperature=2.0, seed=seed, encoding=LOSSLESS),
+        z,
+        s,
+        seeds=400,
+        temperature=2.0,
+    )
+    cos, ratio = cos_and_norm_ratio(g, ref)
+    assert cos > 0.99 and abs(ratio - 1) < 0.05, (cos, ratio)
+
+
+# -- refusals -------------------------------------------------------------------------------------------------------
+
+
+def test_bad_options_and_unknowable_targets_are_refused(logits):
+    z, s = logits
+    topk = batch_for(Spec(method="topk", k=8), z)
+    with pytest.raises(InvalidInputError, match="kind must be one of"):
+        kd_loss(s, topk, kind="kl")
+    with pytest.raises(InvalidInputError, match="tail must be one of"):
+        kd_loss(s, topk, tail="none")
+    with pytest.raises(InvalidInputError, match="temperature must be a positive"):
+        kd_loss(s, topk, temperature=0)
+    with pytest.raises(InvalidInputError, match="ce_weight must be in"):
+        kd_loss(s, topk, ce_weight=2)
+    with pytest.raises(InvalidInputError, match="beta must be in"):
+        kd_loss(s, topk, kind="jsd", beta=1.0)
+    with pytest.raises(InvalidInputError, match=r"temperature 2.0 with tail='ghost'.*use tail='renorm'"):
+        kd_loss(s, topk, temperature=2.0)
+    with pytest.raises(InvalidInputError, match=r"do not match targets"):
+        kd_loss(s[:, :3], topk)
+    with pytest.raises(SpecMismatchError, match=r"student has 30 logits .* student_vocab_size=30"):
+        kd_loss(s[..., :30], topk)
+    sample = batch_for(Spec(method="sample", n=8), z)
+    with pytest.raises(SpecMismatchError, match=r"--proposal-temperature 2.0"):
+        kd_loss(s, sample, temperature=2.0)
+    tempered = batch_for(Spec(method="sample", n=8, proposal_temperature=1.5), z)
+    with pytest.raises(SpecMismatchError, match=r"at temperature 1 \(importance weighted\) or at 1.5"):
+        kd_loss(s, tempered, temperature=2.0)
