@@ -41,7 +41,14 @@ from logitstore.spec import Spec
 IGNORE_INDEX = -100
 
 
-def collate(records: Sequence[Record], *, spec: Spec, vocab_size: int, pad_token_id: int = 0) -> dict[str, Any]:
+def collate(
+    records: Sequence[Record],
+    *,
+    spec: Spec,
+    vocab_size: int,
+    pad_token_id: int = 0,
+    cache_vocab_size: int | None = None,
+) -> dict[str, Any]:
     """Pad ``records`` into one batch (see the module docstring for the keys).
 
     Args:
@@ -50,6 +57,8 @@ def collate(records: Sequence[Record], *, spec: Spec, vocab_size: int, pad_token
         vocab_size: entries with ids ``>= vocab_size`` are masked out (a student head smaller than a padded
             teacher head; see :func:`logitstore.compat.check_student`). Their mass becomes tail mass.
         pad_token_id: fills ``input_ids`` beyond a sequence's end.
+        cache_vocab_size: the cache's logit dimension; when ``vocab_size`` is at least that, no id can be beyond
+            it (the writer checked) and the scan for such ids is skipped.
     """
     if not records:
         raise InvalidInputError("cannot collate an empty list of records")
@@ -68,23 +77,28 @@ def collate(records: Sequence[Record], *, spec: Spec, vocab_size: int, pad_token
 
     ids = np.concatenate([r.ids for r in records])
     logprobs = np.concatenate([r.logprobs for r in records])
-    uniform = bool(np.all(lengths == t)) and bool(np.all(nnz == k))
-    if uniform:  # every position holds K entries (top-k, dense) and no sequence is short: a reshape, no scatter
-        shape = (b, t, k)
-        target_ids = ids.reshape(shape)
-        target_logprobs = logprobs.reshape(shape)
+    shape = (b, t, k)
+    if bool(np.all(lengths == t)) and bool(np.all(nnz == k)):
+        # every position holds K entries (top-k, dense) and no sequence is short: a reshape, no scatter
         target_mask = np.ones(shape, dtype=bool)
-        flat = None
+        target_ids, target_logprobs = ids.reshape(shape), logprobs.reshape(shape)
+        counts = None if not spec.has_counts else np.concatenate([r.counts for r in records]).reshape(shape)  # type: ignore[misc]
     else:
-        flat = _entry_slots(lengths, nnz, t, k)
-        target_ids = _scatter(ids, flat, (b, t, k), 0, np.int32)
-        target_logprobs = _scatter(logprobs, flat, (b, t, k), -np.inf, np.float32)
-        target_mask = _scatter(np.ones(len(ids), dtype=bool), flat, (b, t, k), False, bool)
-    if int(ids.max(initial=0)) >= vocab_size:
+        # entries are position-major, so a boolean mask of the filled slots takes them in order
+        nnz_grid = _pad_rows([r.nnz for r in records], lengths, t, 0, np.int64)
+        target_mask = np.arange(k)[None, None, :] < nnz_grid[:, :, None]
+        target_ids = _fill(ids, target_mask, 0, np.int32)
+        target_logprobs = _fill(logprobs, target_mask, -np.inf, np.float32)
+        counts = None
+        if spec.has_counts:
+            counts = _fill(np.concatenate([r.counts for r in records]), target_mask, 0, np.int32)  # type: ignore[misc]
+    may_exceed = cache_vocab_size is None or vocab_size < cache_vocab_size
+    if may_exceed and int(ids.max(initial=0)) >= vocab_size:
         beyond = target_ids >= vocab_size
         target_mask = target_mask & ~beyond
         target_ids = np.where(beyond, 0, target_ids).astype(np.int32)
         target_logprobs = np.where(beyond, -np.inf, target_logprobs).astype(np.float32)
+        counts = None if counts is None else np.where(beyond, 0, counts)
 
     batch: dict[str, Any] = {
         "input_ids": torch.from_numpy(input_ids),
@@ -96,10 +110,8 @@ def collate(records: Sequence[Record], *, spec: Spec, vocab_size: int, pad_token
         batch["labels"] = torch.from_numpy(labels)
     batch["target_ids"] = torch.from_numpy(np.ascontiguousarray(target_ids, dtype=np.int32))
     batch["target_logprobs"] = torch.from_numpy(np.ascontiguousarray(target_logprobs, dtype=np.float32))
-    if spec.has_counts:
-        counts = np.concatenate([r.counts for r in records])  # type: ignore[misc]
-        target_counts = counts.reshape(b, t, k) if flat is None else _scatter(counts, flat, (b, t, k), 0, np.int32)
-        batch["target_counts"] = torch.from_numpy(np.where(target_mask, target_counts, 0).astype(np.int32))
+    if counts is not None:
+        batch["target_counts"] = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int32))
     batch["target_mask"] = torch.from_numpy(np.ascontiguousarray(target_mask))
     batch["lse"] = torch.from_numpy(lse)
     if spec.has_proposal_lse:
@@ -122,19 +134,8 @@ def _pad_rows(rows: Sequence[np.ndarray], lengths: np.ndarray, width: int, fill:
     return out
 
 
-def _entry_slots(lengths: np.ndarray, nnz: np.ndarray, t: int, k: int) -> np.ndarray:
-    """``[E] int64`` flat index into ``[B, T, K]`` of every entry of the concatenated records."""
-    b = len(lengths)
-    # flat position index (row * T + t) of every stored position
-    starts = np.cumsum(lengths) - lengths
-    position = np.repeat(np.arange(b, dtype=np.int64) * t - starts, lengths) + np.arange(int(lengths.sum()))
-    nnz64 = nnz.astype(np.int64)
-    first = np.cumsum(nnz64) - nnz64
-    column = np.arange(int(nnz64.sum()), dtype=np.int64) - np.repeat(first, nnz64)
-    return np.repeat(position, nnz64) * k + column
-
-
-def _scatter(values: np.ndarray, flat: np.ndarray, shape: tuple[int, int, int], fill: Any, dtype: Any) -> np.ndarray:
-    out = np.full(shape, fill, dtype=dtype)
-    out.reshape(-1)[flat] = values
+def _fill(values: np.ndarray, mask: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
+    """``mask.shape`` array of ``fill`` with ``values`` written, in order, where ``mask`` is True."""
+    out = np.full(mask.shape, fill, dtype=dtype)
+    out[mask] = values
     return out

@@ -222,7 +222,13 @@ class LogitDataset(torch.utils.data.IterableDataset):
 
     def collate(self, records: Sequence[Record]) -> dict[str, Any]:
         """Records of this cache -> one padded batch (:func:`logitstore.collate.collate`)."""
-        return collate(records, spec=self.manifest.spec, vocab_size=self.vocab_size, pad_token_id=self.pad_token_id)
+        return collate(
+            records,
+            spec=self.manifest.spec,
+            vocab_size=self.vocab_size,
+            pad_token_id=self.pad_token_id,
+            cache_vocab_size=self.manifest.vocab_size,
+        )
 
     # -- resume ------------------------------------------------------------------------------------------------------
 
