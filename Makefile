@@ -29,7 +29,7 @@ bench-storage: $(STAMP)
 	$(PY) bench/storage.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check logitstore server workers tests bench
+	$(VENV)/bin/ruff check logitstore server workers tests bench examples
 	$(VENV)/bin/mypy logitstore
 
 clean:

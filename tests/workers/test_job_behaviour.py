@@ -184,10 +184,10 @@ def test_classifier_teacher_end_to_end(ray_cluster, tmp_path, llama_dir, corpus_
 @pytest.fixture(scope="module")
 def narrow_teacher(tmp_path_factory) -> Path:
     """A teacher whose logit dimension (150) is smaller than its tokenizer (~200 ids)."""
-    from tests.workers.conftest import _save_model
+    from tests.conftest import save_test_model
 
     d = tmp_path_factory.mktemp("narrow")
-    _save_model("llama", d, 150)
+    save_test_model("llama", d, 150)
     return d
 
 
