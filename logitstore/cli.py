@@ -100,6 +100,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from logitstore.server.serve import serve
+
+    serve(
+        args.store,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        api_key=args.api_key,
+        max_batch_sequences=args.max_batch,
+        verify=args.verify,
+        log_level=args.log_level,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logitstore", description="Offline teacher-logit cache for distillation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -145,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=".demo", help="where the corpus, teacher and store go (default .demo)")
     p.add_argument("--quick", action="store_true", help="smaller tokenizer and sequences")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a store over REST (records, lookups, raw shards for remote loaders)")
+    p.add_argument("--store", required=True, help="directory holding the datasets")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--api-key", help="require this key (or set LOGITSTORE_API_KEY, which keeps it out of ps)")
+    p.add_argument("--max-batch", type=int, help="sequences per batch request (default 256)")
+    p.add_argument("--verify", action="store_true", help="check each shard's sha256 before its first read")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("inspect", help="summarize a dataset: teacher, method, size, bytes/token, kept mass")
     p.add_argument("path", help="dataset directory or fsspec URL")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterator, Sequence
-from types import TracebackType
 
 import numpy as np
-from typing_extensions import Self
 
+from logitstore.closeable import Closeable
 from logitstore.errors import ChecksumMismatchError, DatasetNotFoundError, SequenceNotFoundError
 from logitstore.formats import READERS, ShardReader
 from logitstore.fs import digest, resolve
@@ -19,16 +18,17 @@ from logitstore.manifest import MANIFEST_NAME, FileInfo, Manifest, ShardInfo
 from logitstore.record import Record
 
 
-class Dataset:
+class Dataset(Closeable):
     """A complete dataset. ``len(ds)`` sequences; ``ds[seq_id]`` -> :class:`Record`.
 
     With ``verify=True`` every shard's size and sha256 are checked against the manifest before its first read
     (and the key index before its first lookup); a mismatch raises :class:`ChecksumMismatchError`.
     """
 
-    def __init__(self, location: str | os.PathLike[str], *, verify: bool = False):
+    def __init__(self, location: str | os.PathLike[str], *, verify: bool = False, api_key: str | None = None):
         self.location = os.fspath(location)
-        self.fs, self.root = resolve(location)
+        self.api_key = api_key
+        self.fs, self.root = resolve(location, api_key=api_key)
         manifest_path = f"{self.root}/{MANIFEST_NAME}"
         if not self.fs.exists(manifest_path):
             if self.fs.isdir(self.root) and self.fs.exists(f"{self.root}/_job"):
@@ -136,14 +136,6 @@ class Dataset:
             reader.close()
         self._readers.clear()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         m = self.manifest
         return (
@@ -152,6 +144,7 @@ class Dataset:
         )
 
 
-def open_dataset(location: str | os.PathLike[str], *, verify: bool = False) -> Dataset:
-    """Open a complete dataset at a local path or fsspec URL (see :class:`Dataset`)."""
-    return Dataset(location, verify=verify)
+def open_dataset(location: str | os.PathLike[str], *, verify: bool = False, api_key: str | None = None) -> Dataset:
+    """Open a complete dataset at a local path, an fsspec URL, or a service URL
+    ``http://HOST:PORT/v1/datasets/NAME`` (read through the service; ``api_key`` if it wants one)."""
+    return Dataset(location, verify=verify, api_key=api_key)

@@ -15,6 +15,18 @@ class InvalidInputError(LogitStoreError, ValueError):
     """An argument, a spec or a record is malformed; the message says which value and what was expected."""
 
 
+class LimitExceededError(InvalidInputError):
+    """A request asks for more than a configured limit allows (the service answers 413)."""
+
+
+class AuthenticationError(LogitStoreError, PermissionError):
+    """The service wants an API key and none, or a wrong one, was given."""
+
+
+class ServiceUnavailableError(LogitStoreError, ConnectionError):
+    """The service could not be reached."""
+
+
 class NotFoundError(LogitStoreError, KeyError):
     """Something asked for does not exist."""
 

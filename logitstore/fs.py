@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Any
 
 import fsspec
@@ -13,13 +14,26 @@ from logitstore.errors import InvalidInputError
 _BLOCK = 1 << 20
 
 
-def resolve(location: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
-    """A local path or fsspec URL -> (filesystem, path without protocol, no trailing slash)."""
+#: a dataset of the service: ``http(s)://HOST[:PORT][/prefix]/v1/datasets/NAME``
+SERVICE_URL = re.compile(r"(https?://.+?)/v1/datasets/([A-Za-z0-9][A-Za-z0-9._-]*)/?")
+
+
+def resolve(location: str | os.PathLike[str], *, api_key: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """A local path, fsspec URL or service dataset URL -> (filesystem, path without protocol, no trailing slash).
+
+    A service URL reads the dataset's files through the service's ``/files/`` endpoint (HTTP Range requests), with
+    ``api_key`` (default: the ``LOGITSTORE_API_KEY`` environment variable) as a bearer token.
+    """
     text = os.fspath(location)
     if not text:
         raise InvalidInputError("an empty path was given; pass a dataset directory or an fsspec URL")
+    options: dict[str, Any] = {}
+    if SERVICE_URL.fullmatch(text):
+        text = text.rstrip("/") + "/files"
+        key = api_key or os.environ.get("LOGITSTORE_API_KEY")
+        options["client_kwargs"] = {"headers": {"Authorization": f"Bearer {key}"}} if key else {}
     try:
-        fs, path = fsspec.core.url_to_fs(text)
+        fs, path = fsspec.core.url_to_fs(text, **options)
     except (ValueError, ImportError) as exc:
         raise InvalidInputError(
             f"cannot open {text!r}: {exc}; use a local path or an fsspec URL whose filesystem is installed "

@@ -69,7 +69,8 @@ class LogitDataset(torch.utils.data.IterableDataset):
     """A cache as a PyTorch ``IterableDataset`` (see the module docstring).
 
     Args:
-        source: a dataset path or fsspec URL, or an open :class:`~logitstore.Dataset`.
+        source: a dataset path, an fsspec URL, the service's ``http://HOST:PORT/v1/datasets/NAME`` (shards stream
+            through it; ``api_key`` if it wants one), or an open :class:`~logitstore.Dataset`.
         batch_size: yield collated batches of this many sequences (the fast path, and what :class:`LogitLoader`
             needs); None yields one :class:`~logitstore.Record` per item, to batch with :meth:`collate`.
         shuffle: False reads in seq_id order.
@@ -100,6 +101,7 @@ class LogitDataset(torch.utils.data.IterableDataset):
         block_size: int | None = None,
         pad_token_id: int | None = None,
         verify: bool = False,
+        api_key: str | None = None,
     ):
         super().__init__()
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -109,10 +111,11 @@ class LogitDataset(torch.utils.data.IterableDataset):
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(source, Dataset):
             self._dataset: Dataset | None = source
-            self.location, self.verify = source.location, source.verify
+            self.location, self.verify, self.api_key = source.location, source.verify, source.api_key
         else:
-            self._dataset = open_dataset(source, verify=verify)
-            self.location, self.verify = os.fspath(source), verify
+            self._dataset = open_dataset(source, verify=verify, api_key=api_key)
+            self.location, self.verify, self.api_key = os.fspath(source), verify, api_key
+        self._pid = os.getpid()
         manifest = self._dataset.manifest
         self.manifest = manifest
         self.vocab_size = check_student(
@@ -129,6 +132,11 @@ class LogitDataset(torch.utils.data.IterableDataset):
         self.pad_token_id = pad_token_id if pad_token_id is not None else specials.get("pad", 0)
         n = manifest.num_sequences
         self.num_sequences = n
+        if n < self.world_size:
+            raise InvalidInputError(
+                f"cache {manifest.name!r} holds {n} sequences, fewer than world_size {self.world_size}: every rank "
+                "needs at least one; use fewer ranks or a larger cache"
+            )
         # about one Parquet row group per block: the writer flushes every FLUSH_ENTRIES entries
         entries = sum(s.num_entries for s in manifest.shards)
         self.block_size = block_size or max(1, -(-FLUSH_ENTRIES * n // max(entries, 1)))
@@ -147,8 +155,11 @@ class LogitDataset(torch.utils.data.IterableDataset):
 
     @property
     def dataset(self) -> Dataset:
-        if self._dataset is None:
-            self._dataset = open_dataset(self.location, verify=self.verify)
+        """The open cache, reopened in a forked DataLoader worker: inherited file handles share their offsets with
+        the parent, and an inherited HTTP filesystem's event loop does not run in the child."""
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset = open_dataset(self.location, verify=self.verify, api_key=self.api_key)
+            self._pid = os.getpid()
         return self._dataset
 
     # -- what a rank reads -------------------------------------------------------------------------------------------

@@ -102,7 +102,11 @@ class ZarrShardReader(ShardReader):
             if is_local(self.fs):
                 store: Any = self.path
             else:
-                store = zarr.storage.FsspecStore.from_url(self.fs.unstrip_protocol(self.path), read_only=True)
+                store = zarr.storage.FsspecStore.from_url(
+                    self.fs.unstrip_protocol(self.path),
+                    storage_options=dict(getattr(self.fs, "storage_options", {}) or {}),  # e.g. auth headers
+                    read_only=True,
+                )
             group: Any = zarr.open_group(store, mode="r", zarr_format=3)
             lengths = np.asarray(group["lengths"][...])
             num_entries = np.asarray(group["num_entries"][...])

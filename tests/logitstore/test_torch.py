@@ -97,6 +97,8 @@ def test_rank_and_world_size_default_from_the_environment(cache, monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(InvalidInputError, match="rank 2 / world_size 2 is invalid"):
         make(cache)
+    with pytest.raises(InvalidInputError, match=f"holds {N} sequences, fewer than world_size 64"):
+        make(cache, rank=0, world_size=64)
 
 
 def run(loader, stop=None) -> list[int]:

@@ -1,0 +1,87 @@
+"""The datasets of one store directory as the service sees them: validated names and paths, opened lazily."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from logitstore.dataset import Dataset
+from logitstore.errors import DatasetNotFoundError, InvalidInputError, NotFoundError
+from logitstore.manifest import MANIFEST_NAME
+
+#: dataset names the service answers for: one path component, no dot-dot, no hidden names
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: the files of a dataset a remote reader may fetch (never _job/ or the lock)
+SERVED = re.compile(r"(manifest\.json|keys\.idx|shards/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)")
+
+
+class Store:
+    """Opened datasets are cached; a dataset whose manifest changed (rebuilt with --overwrite) is reopened."""
+
+    def __init__(self, root: Path, *, verify: bool = False):
+        self.root = root.resolve()
+        if not self.root.is_dir():
+            raise InvalidInputError(f"store {str(root)!r} is not a directory; pass --store DIR holding datasets")
+        self.verify = verify
+        self._open: dict[str, tuple[float, Dataset, threading.Lock]] = {}
+        self._guard = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if NAME.fullmatch(p.name) and self._manifest(p).is_file())
+
+    def dataset(self, name: str) -> tuple[Dataset, threading.Lock]:
+        """The open dataset ``name`` and the lock that serializes reads of its shard readers."""
+        directory = self.directory(name)
+        manifest = self._manifest(directory)
+        try:
+            mtime = manifest.stat().st_mtime
+        except FileNotFoundError:
+            raise DatasetNotFoundError(f"no dataset {name!r} in this store") from None
+        with self._guard:
+            cached = self._open.get(name)
+            if cached is None or cached[0] != mtime:
+                if cached is not None:
+                    cached[1].close()
+                cached = (mtime, Dataset(directory, verify=self.verify), threading.Lock())
+                self._open[name] = cached
+        return cached[1], cached[2]
+
+    def directory(self, name: str) -> Path:
+        if not NAME.fullmatch(name):
+            raise DatasetNotFoundError(
+                f"no dataset {name!r}: names are letters, digits, '.', '_' and '-' (not starting with '.')"
+            )
+        path = self.root / name
+        if not self._inside(path):
+            raise DatasetNotFoundError(f"no dataset {name!r} in this store")
+        return path
+
+    def file(self, name: str, relpath: str) -> Path:
+        """The file ``relpath`` of dataset ``name``, refused unless it is one a reader needs and stays inside."""
+        directory = self.directory(name)
+        if not self._manifest(directory).is_file():
+            raise DatasetNotFoundError(f"no dataset {name!r} in this store")
+        if not SERVED.fullmatch(relpath) or ".." in relpath.split("/"):
+            raise NotFoundError(f"no file {relpath!r} in dataset {name!r}")
+        path = directory / relpath
+        if not path.is_file() or not self._inside(path):
+            raise NotFoundError(f"no file {relpath!r} in dataset {name!r}")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        """True when ``path`` resolves (following symlinks) inside the store."""
+        try:
+            return path.resolve().is_relative_to(self.root)
+        except (OSError, RuntimeError):
+            return False
+
+    @staticmethod
+    def _manifest(directory: Path) -> Path:
+        return directory / MANIFEST_NAME
+
+    def close(self) -> None:
+        with self._guard:
+            for _, dataset, _ in self._open.values():
+                dataset.close()
+            self._open.clear()
