@@ -15,11 +15,12 @@ are a support with exact probabilities):
 
 - ``renorm``: the teacher renormalized on S. Forward KL uses the full student (``KL(p~ || q)``, which also pulls
   the student's mass onto S); reverse KL and JSD renormalize the student on S too.
-- ``ghost``: the non-stored mass is one extra bucket on both sides: teacher ``r``, student ``1 - sum_S q_i``
+- ``ghost``: the non-stored mass is one extra bucket on both sides: teacher ``r``, student ``sum_{i not in S} q_i``
   (the KL of the coarsened distributions: a lower bound on the full KL).
 - ``exact``: the full-vocabulary divergence to the teacher completed from exactly what the cache knows: the
   stored ``p_i`` and the tail mass ``r``, spread uniformly over the other ids (the maximum-entropy completion).
 
+Reverse KL and JSD with ``ghost`` / ``exact`` need ``r`` exactly and are refused on q16 caches (docs/TRAINING.md).
 All three equal the textbook divergence when nothing was cut (a dense cache, or top-k with k = V). Temperatures
 other than 1 need the teacher at that temperature, which is known on S but not in the tail: they are exact on a
 dense cache and with ``renorm``, and refused with ``ghost`` / ``exact`` on truncated caches.
@@ -115,6 +116,13 @@ def kd_loss(
     weights, log_target = None, None
     if sampled:
         weights, log_target = _sample_targets(batch, temperature)
+    elif mode in ("ghost", "exact") and kind != "forward_kl" and spec is not None and not spec.encoding.lossless:
+        raise InvalidInputError(
+            f"kind={kind!r} with tail={tail!r} on a cache with q16 logprobs: the tail mass 1 - sum(p) is only known "
+            f"to within the encoding's error bound ({spec.encoding.error_bound} nats per entry), and the "
+            f"{kind} tail term weighs that error by the student's tail mass; use tail='renorm', kind='forward_kl' "
+            "(which weighs it by the small teacher tail), or a cache built with --encoding lossless"
+        )
     elif temperature != 1.0 and mode != "renorm":
         raise InvalidInputError(
             f"temperature {temperature} with tail={tail!r}: the teacher's tempered distribution is unknown beyond "
@@ -143,9 +151,11 @@ def kd_loss(
     ]
     kd_parts, ce_parts = [], []
     recompute = torch.is_grad_enabled() and flat.requires_grad and per_chunk < positions
-    for lo in range(0, positions, per_chunk):
-        hi = min(lo + per_chunk, positions)
-        args = [flat[lo:hi]] + [None if x is None else x[lo:hi] for x in targets]
+    # split, not flat[lo:hi]: each slice's backward would materialize a full [positions, V] gradient
+    pieces = flat.split(per_chunk)
+    for piece, lo in zip(pieces, range(0, positions, per_chunk), strict=True):
+        hi = lo + piece.shape[0]
+        args = [piece] + [None if x is None else x[lo:hi] for x in targets]
 
         def run(*a: Any) -> tuple[torch.Tensor, torch.Tensor]:
             return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab)
@@ -225,6 +235,7 @@ def _chunk(
     x = s[:, :vocab].float()
     log_q1 = x - torch.logsumexp(x, dim=-1, keepdim=True)
     log_q = log_q1 if temperature == 1.0 else torch.log_softmax(x / temperature, dim=-1)
+    log_q = log_q.clamp(min=NEG)  # a student logit of -inf (a masked id) is probability zero, not NaN
     safe_ids = ids.masked_fill(~mask, 0)
     lq = log_q.gather(-1, safe_ids).masked_fill(~mask, NEG)  # [P, K]
     zero = ~mask | torch.isneginf(logprobs)
@@ -238,19 +249,19 @@ def _chunk(
         b = lq if kind == "forward_kl" else torch.log_softmax(lq, dim=-1).masked_fill(~mask, NEG)
         kd = _divergence(a, b, kind, beta)
     elif mode == "ghost":
-        log_r = _log_tail_mass(lp)
-        log_q_tail = torch.log(torch.clamp(-torch.expm1(torch.logsumexp(lq, dim=-1)), min=1e-30))
-        a = torch.cat([lp, log_r.unsqueeze(-1)], dim=-1)
-        b = torch.cat([lq, log_q_tail.unsqueeze(-1)], dim=-1)
-        kd = _divergence(a, b, kind, beta)
+        # the student's tail summed over the non-stored ids themselves: 1 - sum_S q_i underflows in float32
+        # when the student's tail is tiny, which is exactly when the tail term matters most for reverse KL
+        everything = (mask.sum(-1) >= vocab).unsqueeze(-1)
+        log_r = _log_tail_mass(lp).unsqueeze(-1).masked_fill(everything, NEG)
+        log_q_tail = torch.logsumexp(_without(log_q, ids, mask), dim=-1, keepdim=True).masked_fill(everything, NEG)
+        kd = _divergence(torch.cat([lp, log_r], dim=-1), torch.cat([lq, log_q_tail], dim=-1), kind, beta)
     else:  # exact: the full vocabulary, the tail mass spread uniformly over the non-stored ids
         stored = mask.sum(-1)
         log_r = _log_tail_mass(lp)
         others = (vocab - stored).clamp(min=1)
         log_u = torch.where(stored < vocab, log_r - torch.log(others.float()), torch.full_like(log_r, NEG))
         full = log_u.unsqueeze(-1).expand(-1, vocab + 1).clone()  # column `vocab` catches masked entries
-        slots = ids.masked_fill(~mask, vocab)
-        full.scatter_(-1, slots, lp)
+        full.scatter_(-1, ids.masked_fill(~mask, vocab), lp)
         kd = _divergence(full[:, :vocab], log_q, kind, beta)
 
     if labels is None:
@@ -259,6 +270,14 @@ def _chunk(
         has = labels != IGNORE_INDEX
         ce = -log_q1.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
     return kd, ce
+
+
+def _without(log_q: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[P, V]`` copy of ``log_q [P, V]`` with the stored ids ``ids [P, K]`` set to ``NEG`` (no gradient flows
+    to them)."""
+    vocab = log_q.shape[-1]
+    out = torch.cat([log_q, log_q.new_full((log_q.shape[0], 1), NEG)], dim=-1)  # column `vocab` catches padding
+    return out.scatter(-1, ids.masked_fill(~mask, vocab), NEG)[:, :vocab]
 
 
 def _log_tail_mass(lp: torch.Tensor) -> torch.Tensor:

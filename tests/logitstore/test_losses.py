@@ -103,13 +103,69 @@ def test_renorm_and_exact_tails_by_hand():
     assert kd_loss(s, batch, kind="reverse_kl", tail="renorm").item() == pytest.approx(rev.item(), rel=1e-5)
 
 
+def ghost_reference(z: torch.Tensor, s: torch.Tensor, keep: torch.Tensor, kind: str) -> float:
+    """The ghost-bucket divergence in float64 from full distributions: kept ids ``keep [K]`` plus one tail bin."""
+    p, q = torch.softmax(z.double(), -1), torch.softmax(s.double(), -1)
+    tail = torch.ones_like(p, dtype=torch.bool)
+    tail[keep] = False
+    a = torch.cat([p[keep], p[tail].sum().reshape(1)]).log()
+    b = torch.cat([q[keep], q[tail].sum().reshape(1)]).log()
+    return float((a.exp() * (a - b)).sum() if kind == "forward_kl" else (b.exp() * (b - a)).sum())
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl"])
+def test_ghost_tail_of_a_confident_student_does_not_underflow(kind):
+    """A student with 1e-12 of mass outside the teacher's top 2: 1 - sum(q_S) is 0 in float32; the tail bin must
+    still be right (it dominates reverse KL when the teacher's tail is large)."""
+    z = torch.tensor([3.0, 2.5, 1.0, 0.5, 0.0, -1.0]).reshape(1, 1, 6)
+    s = torch.tensor([14.0, 13.0, -14.0, -14.0, -14.0, -14.0]).reshape(1, 1, 6)
+    batch = batch_for(Spec(method="topk", k=2, encoding=LOSSLESS), z)
+    want = ghost_reference(z.reshape(6), s.reshape(6), torch.tensor([0, 1]), kind)
+    assert kd_loss(s, batch, kind=kind, tail="ghost").item() == pytest.approx(want, rel=1e-4)
+
+
+def test_a_cache_that_stores_every_id_has_no_ghost_bin(logits):
+    z, s = logits
+    batch = batch_for(Spec(method="topk", k=V, encoding=LOSSLESS), z)
+    for kind in KINDS:
+        got = kd_loss(s, batch, kind=kind, tail="ghost").item()
+        assert got == pytest.approx(textbook(z, s, kind).item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("tail", TAILS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_student_with_masked_logits_gets_finite_losses_and_gradients(logits, kind, tail):
+    z, s = logits
+    x = s.clone()
+    x[..., -5:] = float("-inf")  # e.g. ids the student's head masks out
+    x.requires_grad_(True)
+    loss = kd_loss(x, batch_for(Spec(method="topk", k=8, encoding=LOSSLESS), z), kind=kind, tail=tail)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_chunked_backward_does_not_materialize_a_gradient_per_chunk(logits):
+    """The autograd graph holds one split, not one full-size slice gradient per chunk."""
+    z, s = logits
+    x = s.clone().requires_grad_(True)
+    loss = kd_loss(x, batch_for(Spec(method="topk", k=8, encoding=LOSSLESS), z), chunk_size=1)
+    names = set()
+    stack = [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and type(fn).__name__ not in names:
+            names.add(type(fn).__name__)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert not any(n.startswith("SliceBackward") for n in names), names
+
+
 @pytest.mark.parametrize(
     "spec",
     [
         Spec(method="topk", k=8, encoding=LOSSLESS),
         Spec(method="topp", p=0.9, k=16, encoding=LOSSLESS),
         Spec(method="sample", n=12, encoding=LOSSLESS),
-        Spec(method="sample", n=12, proposal_temperature=2.0),
+        Spec(method="sample", n=12, proposal_temperature=2.0, encoding=LOSSLESS),
         Spec(method="dense"),
     ],
     ids=lambda s: s.describe(),
@@ -251,6 +307,11 @@ def test_bad_options_and_unknowable_targets_are_refused(logits):
     with pytest.raises(SpecMismatchError, match=r"student has 30 logits .* student_vocab_size=30"):
         kd_loss(s[..., :30], topk)
     sample = batch_for(Spec(method="sample", n=8), z)
+    for kind in ("reverse_kl", "jsd"):
+        for tail in ("ghost", "exact"):
+            with pytest.raises(InvalidInputError, match=rf"kind='{kind}' with tail='{tail}' on a cache with q16"):
+                kd_loss(s, topk, kind=kind, tail=tail)
+        assert torch.isfinite(kd_loss(s, topk, kind=kind, tail="renorm"))
     with pytest.raises(SpecMismatchError, match=r"--proposal-temperature 2.0"):
         kd_loss(s, sample, temperature=2.0)
     tempered = batch_for(Spec(method="sample", n=8, proposal_temperature=1.5), z)
