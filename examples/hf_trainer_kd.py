@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> list[float]:
     args = p.parse_args(argv)
 
     model = AutoModelForCausalLM.from_pretrained(args.student)
-    dataset = LogitDataset(args.cache, student_vocab_size=model.config.vocab_size, tokenizer=args.student)
+    # The Trainer (through accelerate) splits an IterableDataset across processes itself, by dispatching batches
+    # from process 0 or by sharding them, so the dataset must not split again: one global stream, rank 0 of 1.
+    dataset = LogitDataset(
+        args.cache, student_vocab_size=model.config.vocab_size, tokenizer=args.student, rank=0, world_size=1
+    )
     training = TrainingArguments(
         output_dir=args.out,
         max_steps=args.steps,

@@ -111,6 +111,12 @@ class ShardInfo(_Dict):
     kept_mass_sum: float
     nbytes: int
     sha256: str
+    #: sequences per write group (one Parquet row group / one Zarr append each), so readers can align their reads
+    #: to what the shard decodes at once; empty in manifests written before it existed.
+    row_groups: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "row_groups", tuple(int(n) for n in self.row_groups))  # JSON lists -> tuple
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,7 @@ consumed), so nothing is communicated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -171,7 +171,10 @@ class Plan:
     """One layout applied to the positions left after ``consumed``.
 
     Every rank holds ``per_rank = len(remaining) // world_size`` positions, cut into ``num_batches`` batches of
-    ``batch_size`` (the last one may be short, identically on every rank).
+    ``batch_size`` (the last one may be short, identically on every rank). Batches are grouped into chunks of
+    ``chunk_batches``; chunk ``c`` belongs to worker ``c % num_workers``. Everything here is closed-form in the
+    number of workers and ranks, never in the number of batches, so a state can be taken after every step of a
+    100M-sequence epoch.
     """
 
     def __init__(self, num_sequences: int, consumed: Intervals, layout: Layout):
@@ -181,11 +184,20 @@ class Plan:
         self.remaining = Remaining(complement(consumed, num_sequences))
         self.per_rank = len(self.remaining) // layout.world_size
         self.num_batches = -(-self.per_rank // layout.batch_size)
-        chunks = np.arange(0, self.num_batches, layout.chunk_batches)
-        owner = (np.arange(len(chunks)) % layout.num_workers).astype(np.int64)
-        batch_owner = np.repeat(owner, layout.chunk_batches)[: self.num_batches]
-        #: batch indices of each worker, in the order that worker yields them
-        self.worker_batches = [np.flatnonzero(batch_owner == w) for w in range(layout.num_workers)]
+        self.num_chunks = -(-self.num_batches // layout.chunk_batches)
+
+    def num_batches_of(self, worker: int) -> int:
+        """Batches worker ``worker`` yields (on every rank)."""
+        k, cb = self.layout.num_workers, self.layout.chunk_batches
+        chunks = max(0, -(-(self.num_chunks - worker) // k))  # chunks worker, worker + k, ... < num_chunks
+        short = self.num_chunks * cb - self.num_batches if chunks and (self.num_chunks - 1) % k == worker else 0
+        return chunks * cb - short
+
+    def batches_of(self, worker: int, start: int = 0) -> Iterator[int]:
+        """Batch indices of one worker from its ``start``-th on, in the order it yields them."""
+        k, cb = self.layout.num_workers, self.layout.chunk_batches
+        for i in range(start, self.num_batches_of(worker)):
+            yield (worker + k * (i // cb)) * cb + i % cb
 
     def batch_range(self, rank: int, batch: int) -> tuple[int, int]:
         """Remaining-list indices ``[lo, hi)`` of one batch of one rank."""
@@ -197,41 +209,58 @@ class Plan:
         """``[<= batch_size] int64`` epoch positions of one batch of one rank."""
         return self.remaining.positions(*self.batch_range(rank, batch))
 
-    def delivery_order(self, start: Sequence[int]) -> np.ndarray:
-        """Worker ids in the order a DataLoader delivers their remaining batches when worker ``w`` has already
-        delivered ``start[w]`` of its batches: round-robin over the workers that still have batches."""
-        left = np.asarray([len(b) for b in self.worker_batches], dtype=np.int64) - np.asarray(start, dtype=np.int64)
-        if left.size == 0 or left.max() <= 0:
-            return np.zeros(0, dtype=np.int64)
-        rounds = np.arange(int(left.max()))
-        _, workers = np.nonzero(left[None, :] > rounds[:, None])
-        return workers.astype(np.int64)
-
     def progress_after(self, start: Sequence[int], delivered: int) -> list[int]:
-        """Batches each worker has delivered after ``delivered`` more batches came out of the DataLoader."""
-        order = self.delivery_order(start)
-        done = np.bincount(order[:delivered], minlength=self.layout.num_workers)
+        """Batches each worker has delivered after ``delivered`` more batches came out of the DataLoader, which
+        goes round-robin over the workers that still have batches (worker ``w`` had delivered ``start[w]``)."""
+        k = self.layout.num_workers
+        left = np.maximum([self.num_batches_of(w) - start[w] for w in range(k)], 0).astype(np.int64)
+        delivered = min(int(delivered), int(left.sum()))
+        # R full rounds hand out sum(min(left, R)); find the last R that fits, then part of round R
+        lo, hi = 0, int(left.max(initial=0))
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if int(np.minimum(left, mid).sum()) <= delivered else (lo, mid - 1)
+        done = np.minimum(left, lo)
+        extra = delivered - int(done.sum())
+        done[np.flatnonzero(left > lo)[:extra]] += 1
         return [int(s) + int(d) for s, d in zip(start, done, strict=True)]
+
+    def _done_batches(self, progress: Sequence[int]) -> Intervals:
+        """Batch-index intervals covered by the first ``progress[w]`` batches of every worker ``w``."""
+        k, cb, nb = self.layout.num_workers, self.layout.chunk_batches, self.num_batches
+        rows = -(-self.num_chunks // k)  # chunk c sits in row c // k, column (worker) c % k
+        full = np.empty(k, dtype=np.int64)  # whole chunks done per worker
+        runs = []
+        for w in range(k):
+            n = min(int(progress[w]), self.num_batches_of(w))
+            if n == self.num_batches_of(w):
+                full[w] = rows
+                continue
+            full[w], part = divmod(n, cb)
+            if part:
+                c = w + k * int(full[w])
+                runs.append((c * cb, c * cb + part))
+        low, high = int(full.min()), int(full.max())
+        runs.append((0, min(low * k * cb, nb)))  # every chunk of the first `low` rows
+        if high > low:  # the ragged frontier: a few rows when workers advance together
+            row = np.arange(low, high)[:, None]
+            chunk = row * k + np.arange(k)[None, :]
+            chunk = chunk[(row < full[None, :]) & (chunk < self.num_chunks)]
+            runs.extend(zip(chunk * cb, np.minimum((chunk + 1) * cb, nb), strict=True))
+        return intervals(runs)
 
     def consumed_after(self, progress: Sequence[int]) -> Intervals:
         """``consumed`` plus, on every rank, the first ``progress[w]`` batches of every worker ``w``."""
-        done = np.sort(
-            np.concatenate(
-                [b[:n] for b, n in zip(self.worker_batches, progress, strict=True)] + [np.zeros(0, np.int64)]
-            )
-        )
-        if done.size == 0:
+        done = self._done_batches(progress)
+        if len(done) == 0:
             return self.consumed
-        # runs of consecutive batch indices: a handful, since every worker delivers its chunks front to back
-        breaks = np.flatnonzero(np.diff(done) != 1) + 1
-        firsts, lasts = done[np.r_[0, breaks]], done[np.r_[breaks - 1, done.size - 1]]
         spans = [self.consumed]
         for rank in range(self.layout.world_size):
-            for first, last in zip(firsts, lasts, strict=True):
-                lo, _ = self.batch_range(rank, int(first))
-                _, hi = self.batch_range(rank, int(last))
+            for first, stop in done.tolist():
+                lo, _ = self.batch_range(rank, first)
+                _, hi = self.batch_range(rank, stop - 1)
                 spans.append(self.remaining.spans(lo, hi))
         return intervals(np.concatenate([s.reshape(-1, 2) for s in spans]))
 
     def is_finished(self, progress: Sequence[int]) -> bool:
-        return all(n >= len(b) for n, b in zip(progress, self.worker_batches, strict=True))
+        return all(int(progress[w]) >= self.num_batches_of(w) for w in range(self.layout.num_workers))

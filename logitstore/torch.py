@@ -19,6 +19,7 @@ The order and the split over ranks and workers are described in :mod:`logitstore
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,7 @@ from logitstore.formats.base import FLUSH_ENTRIES
 from logitstore.order import EpochOrder, Intervals, Layout, Plan, block_bounds, intervals, total
 from logitstore.record import Record
 
-STATE_FORMAT = "logitstore.loader/1"
+STATE_FORMAT = "logitstore.loader/2"
 
 
 def distributed_rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -65,6 +66,9 @@ class _Resume:
     progress: dict[int, int] | None = None
 
 
+_NEXT_EPOCH = np.zeros((0, 2), dtype=np.int64)  # a sentinel: compared by identity
+
+
 class LogitDataset(torch.utils.data.IterableDataset):
     """A cache as a PyTorch ``IterableDataset`` (see the module docstring).
 
@@ -79,7 +83,8 @@ class LogitDataset(torch.utils.data.IterableDataset):
         student_vocab_size, tokenizer, seq_len, check_tokenizer: the student, checked against the cache at
             construction (:func:`logitstore.compat.check_student`).
         shuffle_window: blocks shuffled together; bigger mixes more and holds more decoded data per worker.
-        block_size: sequences per block (default: about one Parquet row group).
+        block_size: sequences per block (default: the shards' row groups, as the manifest records them, so every
+            row group is decoded once per epoch; an estimate of one row group for manifests that do not).
         pad_token_id: default: the tokenizer's pad id, else 0.
         verify: check every shard's sha256 before its first read.
     """
@@ -137,11 +142,19 @@ class LogitDataset(torch.utils.data.IterableDataset):
                 f"cache {manifest.name!r} holds {n} sequences, fewer than world_size {self.world_size}: every rank "
                 "needs at least one; use fewer ranks or a larger cache"
             )
-        # about one Parquet row group per block: the writer flushes every FLUSH_ENTRIES entries
-        entries = sum(s.num_entries for s in manifest.shards)
-        self.block_size = block_size or max(1, -(-FLUSH_ENTRIES * n // max(entries, 1)))
-        self._bounds = block_bounds([s.num_sequences for s in manifest.shards], self.block_size)
+        self.block_size = block_size
+        if block_size is None and all(s.row_groups for s in manifest.shards):
+            self._bounds = np.concatenate([[0], np.cumsum([g for s in manifest.shards for g in s.row_groups])])
+        else:  # about one row group per block: the writer flushes every FLUSH_ENTRIES entries
+            entries = sum(s.num_entries for s in manifest.shards)
+            estimate = block_size or max(1, -(-FLUSH_ENTRIES * n // max(entries, 1)))
+            self._bounds = block_bounds([s.num_sequences for s in manifest.shards], estimate)
+        self._bounds = self._bounds.astype(np.int64)
+        #: identifies the blocks in a saved state: resuming with other blocks would change the epoch order
+        self.blocks = hashlib.blake2b(self._bounds.tobytes(), digest_size=8).hexdigest()
         self.epoch = 0
+        self._generation = 0  # bumped whenever the epoch or its progress is set from outside
+        self._loader_workers = False  # True while a LogitLoader iterates with workers: the state lives there
         self._resume = _Resume(consumed=intervals([]))
         self._active: tuple[Plan, int, list[int]] | None = None  # plan, worker id, progress of this iterator
 
@@ -176,6 +189,7 @@ class LogitDataset(torch.utils.data.IterableDataset):
         self.epoch = epoch
         self._resume = _Resume(consumed=intervals([]))
         self._active = None
+        self._generation += 1
 
     def order(self) -> EpochOrder:
         return EpochOrder(
@@ -186,31 +200,32 @@ class LogitDataset(torch.utils.data.IterableDataset):
         """The split of what is left of this epoch for ``num_workers`` DataLoader workers, and how many batches
         each worker has already delivered (non-zero only when resuming on the same layout)."""
         unit = self.batch_size or 1
-        window_sequences = self.shuffle_window * self.block_size
+        window_sequences = self.shuffle_window * self.num_sequences // (len(self._bounds) - 1)
         layout = Layout(self.world_size, max(1, num_workers), unit, max(1, window_sequences // unit))
         r = self._resume
-        if r.layout == layout:
-            plan = Plan(self.num_sequences, r.consumed, layout)
-            start = [(r.progress or {}).get(w, 0) for w in range(layout.num_workers)]
-            if not plan.is_finished(start):
-                return plan, start
-            consumed = plan.consumed_after(start)
-        elif r.layout is not None:
+        consumed = r.consumed
+        if r.layout is not None:
             progress = r.progress or {}
-            if set(progress) != set(range(r.layout.num_workers)):
+            if r.layout != layout and set(progress) != set(range(r.layout.num_workers)):
                 raise InvalidInputError(
                     f"this state was saved by one DataLoader worker (workers {sorted(progress)} of "
                     f"{r.layout.num_workers}); it resumes only on the layout that saved it ({r.layout.to_dict()}), "
                     f"not on {layout.to_dict()}: save LogitLoader.state_dict() to change the world size, batch "
                     "size or worker count"
                 )
-            consumed = Plan(self.num_sequences, r.consumed, r.layout).consumed_after(
-                [progress[w] for w in range(r.layout.num_workers)]
-            )
-        else:
-            consumed = r.consumed
-        if total(consumed) > 0 and Plan(self.num_sequences, consumed, layout).num_batches == 0:
-            # the epoch is over: the next iteration is the next epoch
+            saved = Plan(self.num_sequences, r.consumed, r.layout)
+            start = [progress.get(w, 0) for w in range(r.layout.num_workers)]
+            if saved.is_finished(start):
+                # the saved epoch ran to its end: its remainder (< the old world size) waits for the next epoch,
+                # also on fewer ranks, which could otherwise split it into a tiny extra pass
+                consumed = _NEXT_EPOCH
+            elif r.layout == layout:
+                return saved, start
+            else:
+                consumed = saved.consumed_after(start)
+        if consumed is _NEXT_EPOCH or (
+            total(consumed) > 0 and Plan(self.num_sequences, consumed, layout).num_batches == 0
+        ):
             self.set_epoch(self.epoch + 1)
             consumed = self._resume.consumed
         self._resume = _Resume(consumed=consumed, layout=layout, progress={})
@@ -224,7 +239,7 @@ class LogitDataset(torch.utils.data.IterableDataset):
         self._active = (plan, worker, progress)
         order = self.order()
         blocks = _BlockCache(self.dataset, self._bounds, capacity=self.shuffle_window + 1)
-        for batch in plan.worker_batches[worker][start[worker] :]:
+        for batch in plan.batches_of(worker, start[worker]):
             seq_ids = order.seq_ids(plan.batch_positions(self.rank, int(batch)))
             records = [blocks.get(int(s)) for s in seq_ids]
             item: Any = records[0] if self.batch_size is None else self.collate(records)
@@ -246,6 +261,11 @@ class LogitDataset(torch.utils.data.IterableDataset):
     def state_dict(self) -> dict[str, Any]:
         """Where this epoch stands. In the main process (``num_workers=0``) it is the whole job's position, the
         same on every rank; inside a DataLoader worker (torchdata's ``StatefulDataLoader``) it is that worker's."""
+        if self._loader_workers and torch.utils.data.get_worker_info() is None:
+            raise InvalidInputError(
+                "a LogitLoader with worker processes is iterating this dataset: the position lives in the loader; "
+                "save loader.state_dict() instead of dataset.state_dict()"
+            )
         if self._active is not None:
             plan, worker, progress = self._active
             if plan.layout.num_workers == 1 or torch.utils.data.get_worker_info() is None:
@@ -273,7 +293,7 @@ class LogitDataset(torch.utils.data.IterableDataset):
             "seed": self.seed,
             "shuffle": self.shuffle,
             "shuffle_window": self.shuffle_window,
-            "block_size": self.block_size,
+            "blocks": self.blocks,
             "consumed": consumed.tolist(),
             "layout": None if layout is None else layout.to_dict(),
             "progress": None if progress is None else sorted(progress.items()),
@@ -286,19 +306,20 @@ class LogitDataset(torch.utils.data.IterableDataset):
                 f"not a logitstore loader state (format {state.get('format') if isinstance(state, dict) else None!r},"
                 f" expected {STATE_FORMAT!r}); pass what LogitDataset.state_dict() or LogitLoader.state_dict() returned"
             )
-        for key in ("num_sequences", "seed", "shuffle", "shuffle_window", "block_size"):
+        for key in ("num_sequences", "seed", "shuffle", "shuffle_window", "blocks"):
             mine = getattr(self, key)
             if state[key] != mine:
                 raise InvalidInputError(
                     f"the saved loader state has {key}={state[key]!r} but this dataset has {key}={mine!r}: the epoch "
                     f"order would differ, so samples could repeat or be skipped; construct the dataset with the "
-                    f"same {key} (and the same cache)"
+                    f"same {key} (and the same cache){' and block_size' if key == 'blocks' else ''}"
                 )
         self.epoch = int(state["epoch"])
         layout = None if state["layout"] is None else Layout(**state["layout"])
         progress = None if state["progress"] is None else {int(w): int(n) for w, n in state["progress"]}
         self._resume = _Resume(consumed=intervals(state["consumed"]), layout=layout, progress=progress)
         self._active = None
+        self._generation += 1
 
 
 class _BlockCache:
@@ -339,10 +360,16 @@ class LogitLoader:
         for key in ("batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "drop_last"):
             if key in loader_kwargs:
                 raise InvalidInputError(f"LogitLoader does not take {key!r}: batching and order belong to the dataset")
+        if loader_kwargs.get("in_order", True) is not True:
+            raise InvalidInputError(
+                "LogitLoader needs in_order=True (the default): it counts delivered batches in worker round-robin "
+                "order to resume exactly once"
+            )
         self.dataset = dataset
         self.loader_kwargs = loader_kwargs
         self.num_workers = int(loader_kwargs.get("num_workers", 0))
         self._position: tuple[Plan, list[int], int] | None = None
+        self._generation = -1  # the dataset's generation that _position belongs to
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -352,14 +379,20 @@ class LogitLoader:
         plan, start = self.dataset.plan(self.num_workers)
         self.dataset.load_state_dict(self.dataset.state_for(plan, start))
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, **self.loader_kwargs)
-        self._position = (plan, start, 0)
-        for batch in loader:
-            self._position = (plan, start, self._position[2] + 1)
-            yield batch
+        self._position, self._generation = (plan, start, 0), self.dataset._generation
+        self.dataset._loader_workers = self.num_workers > 0
+        try:
+            for batch in loader:
+                self._position = (plan, start, self._position[2] + 1)
+                yield batch
+        finally:
+            self.dataset._loader_workers = False
 
     def state_dict(self) -> dict[str, Any]:
         """The job's position in the epoch (identical on every rank of a data-parallel job)."""
-        if self._position is None:
+        if self._position is None or self._generation != self.dataset._generation:
+            # never iterated, or the dataset's epoch / state was set since (dataset.set_epoch, load_state_dict)
+            self._position = None
             return self.dataset.state_dict()
         plan, start, delivered = self._position
         return self.dataset.state_for(plan, plan.progress_after(start, delivered))

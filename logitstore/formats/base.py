@@ -47,6 +47,7 @@ class ShardWriter(ABC):
         self._num_tokens = 0
         self._num_entries = 0
         self._kept_mass = 0.0
+        self._row_groups: list[int] = []
         self._done = False
         _remove(self.tmp_path)
 
@@ -65,6 +66,7 @@ class ShardWriter(ABC):
         cols = codec.encode(self._pending, self.spec, self.vocab_size)
         self._write_columns(cols)
         self._num_sequences += len(cols)
+        self._row_groups.append(len(cols))
         self._num_tokens += int(cols.lengths.sum())
         self._num_entries += int(cols.num_entries.sum())
         self._kept_mass += cols.kept_mass_sum
@@ -91,6 +93,7 @@ class ShardWriter(ABC):
             kept_mass_sum=self._kept_mass,
             nbytes=nbytes,
             sha256=sha,
+            row_groups=tuple(self._row_groups),
         )
 
     def abort(self) -> None:

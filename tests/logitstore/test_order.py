@@ -41,14 +41,34 @@ def test_interval_helpers():
     assert total(a) == 6
 
 
+# -- explicit references for the closed forms of Plan ------------------------------------------------------------
+
+
+def worker_batches(plan: Plan) -> list[np.ndarray]:
+    """Batch indices of each worker, by listing every batch's owner: chunk c -> worker c % num_workers."""
+    k, cb = plan.layout.num_workers, plan.layout.chunk_batches
+    owner = (np.arange(plan.num_batches) // cb) % k
+    return [np.flatnonzero(owner == w) for w in range(k)]
+
+
+def delivery_order(plan: Plan, start: list[int]) -> list[int]:
+    """Worker ids in DataLoader delivery order: round-robin over the workers that still have batches."""
+    left = [len(b) - s for b, s in zip(worker_batches(plan), start, strict=True)]
+    order = []
+    for r in range(max(left, default=0)):
+        order.extend(w for w in range(len(left)) if left[w] > r)
+    return order
+
+
 def delivered(plan: Plan, start: list[int], count: int | None) -> list[int]:
     """Epoch positions of the first ``count`` batches every rank's DataLoader delivers (None: all)."""
-    order = plan.delivery_order(start)
+    order = delivery_order(plan, start)
     order = order if count is None else order[:count]
+    lists = worker_batches(plan)
     nxt = list(start)
     out: list[int] = []
     for w in order:
-        batch = int(plan.worker_batches[w][nxt[w]])
+        batch = int(lists[w][nxt[w]])
         nxt[w] += 1
         for rank in range(plan.layout.world_size):
             out.extend(plan.batch_positions(rank, batch).tolist())
@@ -80,7 +100,7 @@ def test_resuming_on_any_layout_delivers_every_sample_at_most_once_and_loses_onl
     for layout, stop in ((first, stops[0]), (second, stops[1]), (third, None)):
         plan = Plan(n, consumed, layout)
         start = [0] * layout.num_workers
-        batches = len(plan.delivery_order(start))
+        batches = len(delivery_order(plan, start))
         count = None if stop is None else int(stop * batches)
         got = delivered(plan, start, count)
         seen.extend(got)
@@ -100,9 +120,40 @@ def test_resuming_on_any_layout_delivers_every_sample_at_most_once_and_loses_onl
 def test_resuming_on_the_same_layout_continues_each_worker(n, layout, stop):
     plan = Plan(n, intervals([]), layout)
     start = [0] * layout.num_workers
-    count = int(stop * len(plan.delivery_order(start)))
+    count = int(stop * len(delivery_order(plan, start)))
     before = delivered(plan, start, count)
     progress = plan.progress_after(start, count)
     after = delivered(plan, progress, None)
     assert sorted(before + after) == sorted(delivered(plan, start, None))
     assert len(set(before + after)) == len(before) + len(after)
+
+
+@settings(max_examples=300)
+@given(n=st.integers(0, 400), layout=layouts, data=st.data())
+def test_the_closed_forms_match_listing_every_batch(n, layout, data):
+    plan = Plan(n, intervals([]), layout)
+    lists = worker_batches(plan)
+    for w in range(layout.num_workers):
+        assert plan.num_batches_of(w) == len(lists[w])
+        assert list(plan.batches_of(w, 1)) == lists[w][1:].tolist()
+    start = [data.draw(st.integers(0, len(b))) for b in lists]
+    order = delivery_order(plan, start)
+    count = data.draw(st.integers(0, len(order) + 2))
+    want = [s + order[:count].count(w) for w, s in enumerate(start)]
+    assert plan.progress_after(start, count) == want
+    done = sorted(int(b) for w, lst in enumerate(lists) for b in lst[: want[w]])
+    positions = [p for b in done for r in range(layout.world_size) for p in plan.batch_positions(r, b).tolist()]
+    assert [p for a, b in plan.consumed_after(want).tolist() for p in range(a, b)] == sorted(positions)
+    assert plan.is_finished(want) == (count >= len(order))
+
+
+def test_progress_and_consumed_cost_nothing_per_batch():
+    """A state after any step of a 10^15-sequence epoch: nothing here may allocate per batch (numpy would refuse
+    the petabytes), so a StatefulDataLoader can save a state every step."""
+    layout = Layout(world_size=8, num_workers=4, batch_size=8, chunk_batches=16)
+    plan = Plan(10**15, intervals([[0, 10**6]]), layout)
+    start = plan.progress_after([0] * 4, 10**12 + 7)
+    assert sum(start) == 10**12 + 7 and max(start) - min(start) <= 1
+    consumed = plan.consumed_after(start)
+    assert total(consumed) == 10**6 + 8 * 8 * (10**12 + 7)
+    assert not plan.is_finished(start) and len(consumed) <= 8 * 4

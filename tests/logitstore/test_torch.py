@@ -171,6 +171,67 @@ def test_exactly_once_across_a_resume_with_real_loaders(cache, worlds, batch_siz
         assert N - len(both) < worlds[1]
 
 
+def test_dataset_set_epoch_restarts_a_loader_that_had_stopped_mid_epoch(cache):
+    ds = make(cache, batch_size=4)
+    loader = LogitLoader(ds, num_workers=0)
+    run(loader, stop=2)
+    ds.set_epoch(3)  # e.g. a training loop that calls set_epoch on the dataset it holds
+    assert loader.state_dict()["epoch"] == 3 and loader.state_dict()["position"] == 0
+    third = run(loader)
+    assert sorted(third) == list(range(N))
+    fresh = make(cache, batch_size=4)
+    fresh.set_epoch(3)
+    assert third == seq_ids(fresh)
+
+
+def test_a_finished_epoch_resumed_on_fewer_ranks_starts_the_next_epoch(cache):
+    world = 3  # N = 41: one sequence waits for the next epoch
+    loaders = [LogitLoader(make(cache, batch_size=5, rank=r, world_size=world)) for r in range(world)]
+    first = [s for loader in loaders for s in run(loader)]
+    assert len(first) == N - N % world
+    resumed = LogitLoader(make(cache, batch_size=5))
+    resumed.load_state_dict(loaders[0].state_dict())
+    second = run(resumed)
+    assert sorted(second) == list(range(N))  # a whole epoch 1, not a 1-sequence leftover of epoch 0
+    assert resumed.state_dict()["epoch"] == 1
+
+
+def test_dataset_state_is_refused_while_a_loader_with_workers_holds_it(cache):
+    ds = make(cache, batch_size=4)
+    loader = LogitLoader(ds, num_workers=1)
+    it = iter(loader)
+    next(it)
+    with pytest.raises(InvalidInputError, match=r"save loader.state_dict\(\) instead"):
+        ds.state_dict()
+    assert loader.state_dict()["position"] == 4
+    it.close()
+    assert ds.state_dict()["format"] == "logitstore.loader/2"
+
+
+def test_blocks_follow_the_row_groups_so_each_is_decoded_once_per_epoch(tmp_path, monkeypatch):
+    from logitstore.formats import base, parquet
+
+    monkeypatch.setattr(base, "FLUSH_ENTRIES", 150)  # many row groups per shard
+    rng = np.random.default_rng(1)
+    spec = Spec(method="topk", k=4)
+    with DatasetWriter(tmp_path / "rg", spec=spec, teacher=teacher(VOCAB), shard_entries=700) as w:
+        for i in range(N):
+            w.write(synthetic_record(spec, rng, seq_id=i, length=8 + i % 13, vocab_size=60))
+    shards = open_dataset(tmp_path / "rg").manifest.shards
+    groups = [g for s in shards for g in s.row_groups]
+    assert sum(groups) == N and len(groups) > 2 * len(shards)
+    decoded = []
+    original = parquet.ParquetShardReader._read_group_uncached
+    monkeypatch.setattr(
+        parquet.ParquetShardReader,
+        "_read_group_uncached",
+        lambda self, g: decoded.append((self.info.path, g)) or original(self, g),
+    )
+    ds = LogitDataset(tmp_path / "rg", batch_size=3, shuffle_window=2)
+    assert sorted(seq_ids(ds)) == list(range(N))
+    assert len(decoded) == len(set(decoded)) == len(groups)
+
+
 def test_stateful_dataloader_with_workers_resumes_each_worker(cache):
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -224,6 +285,8 @@ def test_loader_refuses_batching_options(cache):
         LogitLoader(make(cache))
     with pytest.raises(InvalidInputError, match="does not take 'shuffle'"):
         LogitLoader(make(cache, batch_size=2), shuffle=True)
+    with pytest.raises(InvalidInputError, match="needs in_order=True"):
+        LogitLoader(make(cache, batch_size=2), in_order=False)
     with pytest.raises(InvalidInputError, match="batch_size must be a positive integer"):
         make(cache, batch_size=0)
 
