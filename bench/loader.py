@@ -15,10 +15,15 @@ For top-k 64 and sample n=50 (compact encoding, Parquet), in one process pinned 
 - **datasets**: the same logical records as a Hugging Face ``datasets`` Arrow dataset (nested ``[T][K]`` lists,
   what a hand-rolled offline-KD pipeline stores), read in shuffled order with ``with_format("numpy")`` and a
   straightforward collate to the same tensors (stack for fixed K; pad position by position for ragged K).
+- **service**: the logitstore path again, reading the same cache through a real ``logitstore serve`` on loopback:
+  ``LogitDataset("http://127.0.0.1:PORT/v1/datasets/NAME")``, shards fetched with HTTP Range requests from
+  ``/files`` (fsspec's HTTP filesystem) and decoded here. The server runs on the other core (the loader keeps its
+  one), as a service on another host would; ``--no-service`` skips it.
 
 Logits come from ``bench/teacher_like.py`` for ``--distinct`` sequences; the cache repeats them (with distinct
 token ids, so keys differ) up to ``--sequences``, which changes nothing for a decoder that does not look across
-sequences. Results: stdout, ``bench/out/loader.md`` and ``bench/out/loader.json``.
+sequences. Results: stdout, ``bench/out/loader.md`` and ``bench/out/loader.json`` (server log:
+``bench/out/loader-server.log``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from service import running_server  # noqa: E402
 from teacher_like import TeacherLike  # noqa: E402
 
 import logitstore  # noqa: E402
@@ -64,8 +71,7 @@ def build_records(spec: logitstore.Spec, teacher: TeacherLike, distinct: int, to
         yield logitstore.Record(seq_id=i, key=logitstore.content_key(ids), input_ids=ids, **sparse)
 
 
-def write_cache(root: Path, spec: logitstore.Spec, teacher: TeacherLike, args: argparse.Namespace) -> Path:
-    out = root / spec.describe().replace("(", "_").replace(")", "").replace("=", "").replace(",", "_")
+def write_cache(out: Path, spec: logitstore.Spec, teacher: TeacherLike, args: argparse.Namespace) -> Path:
     with logitstore.DatasetWriter(
         out,
         spec=spec,
@@ -163,7 +169,7 @@ def run_floor(cache: Path) -> int:
     return tokens
 
 
-def run_logitstore(cache: Path, batch_size: int) -> int:
+def run_logitstore(cache: Path | str, batch_size: int) -> int:
     tokens = 0
     for batch in LogitDataset(cache, batch_size=batch_size, seed=1):
         tokens += int(batch["attention_mask"].sum())
@@ -188,6 +194,35 @@ def timed(fn, *args) -> tuple[float, int]:
     return time.perf_counter() - t, tokens
 
 
+def measure(cache: Path, hf_path: Path, url: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Every path over one cache, interleaved over ``args.repeats`` rounds; the best round of each."""
+    paths = {
+        "pyarrow floor": lambda: run_floor(cache),
+        "logitstore": lambda: run_logitstore(cache, args.batch_size),
+        "datasets": lambda: run_datasets(hf_path, args.batch_size),
+    }
+    if url is not None:
+        paths["service"] = lambda: run_logitstore(f"{url}/v1/datasets/{cache.name}", args.batch_size)
+    best: dict[str, float] = {}
+    tokens: dict[str, int] = {}
+    for _ in range(args.repeats):  # interleaved rounds: each path sees the same machine state
+        for label, fn in paths.items():
+            seconds, n = timed(fn)
+            best[label] = min(best.get(label, float("inf")), seconds)
+            tokens[label] = n
+    rate = {label: tokens[label] / best[label] for label in paths}
+    out = {
+        "tokens": tokens,
+        "tokens_per_s": rate,
+        "logitstore_vs_datasets": rate["logitstore"] / rate["datasets"],
+        "floor_vs_logitstore": rate["pyarrow floor"] / rate["logitstore"],
+        "bytes_per_token": logitstore.open_dataset(cache).manifest.stats.bytes_per_token,
+    }
+    if url is not None:
+        out["service_vs_local"] = rate["service"] / rate["logitstore"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sequences", type=int, default=256)
@@ -198,12 +233,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="16 sequences of 256 tokens, 1 round")
     p.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU")
+    p.add_argument("--no-service", action="store_true", help="skip the path through `logitstore serve`")
     args = p.parse_args(argv)
     if args.quick:
         args.sequences, args.distinct, args.seq_len, args.repeats = 16, 4, 256, 1
     torch.set_num_threads(1)
+    server_cpus = None
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[0]})
+        server_cpus = set(cpus[1:]) or None
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import datasets
 
@@ -212,30 +251,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="logitstore-loader-bench-"))
     results: dict[str, Any] = {"config": vars(args), "methods": {}}
     try:
-        for name, options in METHODS.items():
-            spec = logitstore.Spec(**options)
-            cache = write_cache(root, spec, teacher, args)
-            hf_path = write_hf(root / f"{name}-hf", cache)
-            paths = {
-                "pyarrow floor": lambda c=cache: run_floor(c),
-                "logitstore": lambda c=cache: run_logitstore(c, args.batch_size),
-                "datasets": lambda h=hf_path: run_datasets(h, args.batch_size),
-            }
-            best: dict[str, float] = {}
-            tokens: dict[str, int] = {}
-            for _ in range(args.repeats):  # interleaved rounds: each path sees the same machine state
-                for label, fn in paths.items():
-                    seconds, n = timed(fn)
-                    best[label] = min(best.get(label, float("inf")), seconds)
-                    tokens[label] = n
-            rate = {label: tokens[label] / best[label] for label in paths}
-            results["methods"][name] = {
-                "tokens": tokens,
-                "tokens_per_s": rate,
-                "logitstore_vs_datasets": rate["logitstore"] / rate["datasets"],
-                "floor_vs_logitstore": rate["pyarrow floor"] / rate["logitstore"],
-                "bytes_per_token": logitstore.open_dataset(cache).manifest.stats.bytes_per_token,
-            }
+        caches = {name: write_cache(root / name, logitstore.Spec(**o), teacher, args) for name, o in METHODS.items()}
+        with ExitStack() as stack:
+            url = None
+            if not args.no_service:
+                log = OUT_DIR / "loader-server.log"
+                OUT_DIR.mkdir(exist_ok=True)
+                url, _ = stack.enter_context(running_server(root, log, cpus=server_cpus))
+            for name, cache in caches.items():
+                results["methods"][name] = measure(cache, write_hf(root / f"{name}-hf", cache), url, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(results)
@@ -246,16 +270,19 @@ def report(results: dict[str, Any]) -> None:
     cfg = results["config"]
     lines = [
         f"# Loader benchmark ({cfg['sequences']} x {cfg['seq_len']} tokens, V={cfg['vocab']}, batch "
-        f"{cfg['batch_size']}, one core, best of {cfg['repeats']})",
+        f"{cfg['batch_size']}, one core (the service on the other), best of {cfg['repeats']})",
         "",
-        "| method | B/token | pyarrow floor tok/s | logitstore tok/s | datasets tok/s | vs datasets | floor / ours |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | B/token | pyarrow floor tok/s | logitstore tok/s | datasets tok/s | vs datasets | floor / ours "
+        "| via service tok/s | service / local |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results["methods"].items():
         t = r["tokens_per_s"]
+        service = f"{t['service'] / 1e6:.2f}M | {r['service_vs_local']:.2f}x" if "service" in t else "- | -"
         lines.append(
             f"| {name} | {r['bytes_per_token']:.0f} | {t['pyarrow floor'] / 1e6:.2f}M | {t['logitstore'] / 1e6:.2f}M "
-            f"| {t['datasets'] / 1e6:.3f}M | {r['logitstore_vs_datasets']:.1f}x | {r['floor_vs_logitstore']:.2f}x |"
+            f"| {t['datasets'] / 1e6:.3f}M | {r['logitstore_vs_datasets']:.1f}x | {r['floor_vs_logitstore']:.2f}x "
+            f"| {service} |"
         )
     text = "\n".join(lines)
     print(text)

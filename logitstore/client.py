@@ -12,6 +12,7 @@ etc.), with the service's message.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +29,11 @@ from logitstore.wire import ARROW_STREAM, record_from_json, records_from_arrow
 
 
 class Client(Closeable):
+    """``api_key`` defaults to the ``LOGITSTORE_API_KEY`` environment variable, as for ``open_dataset``."""
+
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0):
         self.base_url = base_url.rstrip("/")
+        api_key = api_key or os.environ.get("LOGITSTORE_API_KEY") or None
         self.api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)

@@ -71,6 +71,14 @@ class Dataset(Closeable):
             start = end
         return out
 
+    def block(self, seq_id: int) -> tuple[int, int]:
+        """The seq_ids ``[start, stop)`` that reading ``seq_id`` decodes anyway (its Parquet row group; just
+        ``seq_id`` for Zarr, which reads by chunk): what a cache of decoded records can fill for free."""
+        i = self._check_seq_id(seq_id)
+        shard = self._shard_of(i)
+        start, stop = self.shard_reader(shard).block(i - self._starts[shard])
+        return self._starts[shard] + start, self._starts[shard] + stop
+
     def find_key(self, key: bytes | str) -> list[int]:
         """seq_ids whose content key is ``key`` (16 bytes or 32 hex chars); empty when not cached."""
         return self.key_index.find(parse_key(key))

@@ -29,56 +29,101 @@ _LISTS = {
 }
 
 
+#: records are grouped into Arrow record batches of about this many bytes: large enough that the per-batch framing
+#: costs nothing, small enough that a service can encode a large response one batch at a time as it sends it
+BATCH_BYTES = 1 << 20
+#: the end-of-stream marker of the Arrow IPC stream format (continuation token, zero metadata length)
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
 def _list(values: list[np.ndarray], kind: pa.DataType) -> pa.Array:
     lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
     offsets = np.zeros(len(values) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(values) if values else np.zeros(0)
+    flat = values[0] if len(values) == 1 else np.concatenate(values)  # one record: no copy before serializing
     field = pa.field("element", kind, nullable=False)
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, type=kind), type=pa.large_list(field))
 
 
+def _schema(records: Sequence[Record]) -> pa.Schema:
+    fields = [pa.field("seq_id", pa.int64()), pa.field("key", pa.binary(16))]
+    for name, kind in _LISTS.items():
+        if records and getattr(records[0], name) is not None:
+            fields.append(pa.field(name, pa.large_list(pa.field("element", kind, nullable=False))))
+    return pa.schema(fields)
+
+
+def _batch(records: Sequence[Record], schema: pa.Schema) -> pa.RecordBatch:
+    arrays = [
+        pa.array([r.seq_id for r in records], type=pa.int64()),
+        pa.array([r.key for r in records], type=pa.binary(16)),
+    ]
+    for name in schema.names[2:]:
+        arrays.append(_list([getattr(r, name) for r in records], _LISTS[name]))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _nbytes(record: Record) -> int:
+    return sum(getattr(record, name).nbytes for name in _LISTS if getattr(record, name) is not None)
+
+
+def records_to_arrow_batches(records: Sequence[Record]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    """The schema and record batches of :func:`records_to_arrow`: consecutive records grouped into batches of about
+    :data:`BATCH_BYTES`; a record that large is a batch of its own, whose arrays are wrapped, not copied."""
+    schema = _schema(records)
+    batches = []
+    group: list[Record] = []
+    size = 0
+    for record in records:
+        group.append(record)
+        size += _nbytes(record)
+        if size >= BATCH_BYTES:
+            batches.append(_batch(group, schema))
+            group, size = [], 0
+    if group:
+        batches.append(_batch(group, schema))
+    return schema, batches
+
+
+def records_to_arrow_messages(records: Sequence[Record]) -> list[pa.Buffer]:
+    """The Arrow IPC stream of :func:`records_to_arrow` as its messages (schema, record batches, end of stream),
+    whose concatenation is the stream."""
+    schema, batches = records_to_arrow_batches(records)
+    return [schema.serialize(), *(batch.serialize() for batch in batches), pa.py_buffer(ARROW_EOS)]
+
+
 def records_to_arrow(records: Sequence[Record]) -> bytes:
     """One Arrow IPC stream with a row per record (optional columns only when the records have them)."""
-    arrays: dict[str, pa.Array] = {
-        "seq_id": pa.array([r.seq_id for r in records], type=pa.int64()),
-        "key": pa.array([r.key for r in records], type=pa.binary(16)),
-    }
-    for name, kind in _LISTS.items():
-        values = [getattr(r, name) for r in records]
-        if records and values[0] is not None:
-            arrays[name] = _list(values, kind)
-    table = pa.table(arrays)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return b"".join(records_to_arrow_messages(records))
 
 
 def records_from_arrow(data: bytes) -> list[Record]:
-    """Inverse of :func:`records_to_arrow` (numpy arrays are zero-copy views of the received buffer)."""
+    """Inverse of :func:`records_to_arrow`, for a stream of any number of record batches (numpy arrays are
+    zero-copy views of the received buffer)."""
     try:
-        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+        batches = list(pa.ipc.open_stream(pa.py_buffer(data)))
     except pa.ArrowInvalid as exc:
         raise InvalidInputError(f"not an Arrow IPC stream of records: {exc}") from None
-    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in _LISTS:
-        if name in table.column_names:
-            column = table.column(name)
-            arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-            columns[name] = (arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False))
-    seq_ids = table.column("seq_id").to_pylist()
-    keys = table.column("key").to_pylist()
-    out = []
-    for i, (seq_id, key) in enumerate(zip(seq_ids, keys, strict=True)):
-        fields = {name: values[offsets[i] : offsets[i + 1]] for name, (offsets, values) in columns.items()}
-        out.append(Record(seq_id=seq_id, key=key, **fields))
+    out: list[Record] = []
+    for batch in batches:
+        columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in _LISTS:
+            if name in batch.schema.names:
+                arr = batch.column(name)
+                columns[name] = (arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False))
+        seq_ids = batch.column("seq_id").to_pylist()
+        keys = batch.column("key").to_pylist()
+        for i, (seq_id, key) in enumerate(zip(seq_ids, keys, strict=True)):
+            fields = {name: values[offsets[i] : offsets[i + 1]] for name, (offsets, values) in columns.items()}
+            out.append(Record(seq_id=seq_id, key=key, **fields))
     return out
 
 
 def record_to_json(record: Record) -> dict[str, Any]:
     """A JSON-serializable dict (``-inf`` logprobs become ``None``)."""
-    logprobs = record.logprobs.astype(np.float64)
+    logprobs: list[float | None] = record.logprobs.astype(np.float64).tolist()
+    for i in np.flatnonzero(np.isneginf(record.logprobs)).tolist():
+        logprobs[i] = None
     return {
         "seq_id": record.seq_id,
         "key": record.key.hex(),
@@ -86,7 +131,7 @@ def record_to_json(record: Record) -> dict[str, Any]:
         "lse": record.lse.tolist(),
         "nnz": record.nnz.tolist(),
         "ids": record.ids.tolist(),
-        "logprobs": [None if np.isneginf(v) else v for v in logprobs.tolist()],
+        "logprobs": logprobs,
         "counts": None if record.counts is None else record.counts.tolist(),
         "proposal_lse": None if record.proposal_lse is None else record.proposal_lse.tolist(),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 f"service settings are incomplete: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}; set "
                 "LOGITSTORE_STORE=/path/to/store (or pass --store to `logitstore serve`)"
             ) from None
-    store = Store(settings.store, verify=settings.verify)
+    store = Store(settings.store, verify=settings.verify, cache_bytes=settings.cache_mb << 20)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -57,4 +58,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     for router in (datasets.router, files.router, lookup.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put this service's configured list limits into its OpenAPI document as ``maxItems``, so a request the
+    document allows is one the service accepts (the positions limit depends on the sequence: a 413 says so)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            schemas["BatchRequest"]["properties"]["seq_ids"]["maxItems"] = settings.max_batch_sequences
+            schemas["LookupRequest"]["properties"]["input_ids"]["maxItems"] = settings.max_lookup_tokens
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+
+#: OpenAPI patterns of path parameters (anchored: JSON Schema patterns are searches, not full matches)
+KEY_PATTERN = r"^[0-9a-fA-F]{32}$"
+
+
+def _json_integer(value: object) -> object:
+    """What JSON Schema calls an integer: 3 or 3.0, but not true/false or "3" (which pydantic's lax mode reads as
+    ints: ``false`` would be seq_id 0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+# (Field before the validator: the other order writes pydantic's "ge" into the JSON schema instead of "minimum")
+SeqId = Annotated[int, Field(ge=0), BeforeValidator(_json_integer)]
+TokenId = Annotated[int, Field(ge=0, lt=2**31), BeforeValidator(_json_integer)]
+
+
+class ErrorOut(BaseModel):
+    """The body of every error the service answers with (the Python client raises ``error`` again)."""
+
+    detail: str = Field(description="what was wrong, the value seen, and what would work")
+    error: str = Field(description="the logitstore.errors class, e.g. SequenceNotFoundError")
 
 
 class DatasetSummary(BaseModel):
@@ -41,11 +64,11 @@ class RecordList(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    seq_ids: list[int] = Field(min_length=1, description="seq_ids to return, in this order")
+    seq_ids: list[SeqId] = Field(min_length=1, description="seq_ids to return, in this order (repeats allowed)")
 
 
 class LookupRequest(BaseModel):
-    input_ids: list[int] = Field(min_length=1, description="the exact token ids of a cached sequence")
+    input_ids: list[TokenId] = Field(min_length=1, description="the exact token ids of a cached sequence")
 
 
 class Match(BaseModel):

@@ -18,4 +18,7 @@ class Settings(BaseSettings):
     max_batch_sequences: int = Field(default=256, ge=1, description="sequences per POST /batch")
     max_positions: int = Field(default=1 << 20, ge=1, description="positions per sequence response")
     max_lookup_tokens: int = Field(default=1 << 20, ge=1, description="input_ids per POST /v1/lookup")
+    cache_mb: int = Field(
+        default=1024, ge=0, description="MiB of decoded records kept in memory, per worker process (0: none)"
+    )
     verify: bool = Field(default=False, description="check each shard's sha256 before its first read")

@@ -7,8 +7,9 @@ import threading
 from pathlib import Path
 
 from logitstore.dataset import Dataset
-from logitstore.errors import DatasetNotFoundError, InvalidInputError, NotFoundError
+from logitstore.errors import CorruptShardError, DatasetNotFoundError, InvalidInputError, NotFoundError
 from logitstore.manifest import MANIFEST_NAME
+from logitstore.server.cache import CachingDataset, RecordCache
 
 #: dataset names the service answers for: one path component, no dot-dot, no hidden names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -17,14 +18,21 @@ SERVED = re.compile(r"(manifest\.json|keys\.idx|shards/[A-Za-z0-9._-]+(/[A-Za-z0
 
 
 class Store:
-    """Opened datasets are cached; a dataset whose manifest changed (rebuilt with --overwrite) is reopened."""
+    """Opened datasets are cached; a dataset whose manifest changed (rebuilt with --overwrite) is reopened.
 
-    def __init__(self, root: Path, *, verify: bool = False):
+    "Changed" is a different (inode, size, mtime in ns) of manifest.json: writers publish it with ``os.replace``,
+    so a rebuild gets a new inode even within one tick of a coarse filesystem clock.
+
+    Decoded records of all datasets share one cache of ``cache_bytes`` (per process; 0: none).
+    """
+
+    def __init__(self, root: Path, *, verify: bool = False, cache_bytes: int = 0):
         self.root = root.resolve()
         if not self.root.is_dir():
             raise InvalidInputError(f"store {str(root)!r} is not a directory; pass --store DIR holding datasets")
         self.verify = verify
-        self._open: dict[str, tuple[float, Dataset, threading.Lock]] = {}
+        self.cache = RecordCache(cache_bytes)
+        self._open: dict[str, tuple[tuple[int, int, int], Dataset, threading.Lock]] = {}
         self._guard = threading.Lock()
 
     def names(self) -> list[str]:
@@ -35,15 +43,22 @@ class Store:
         directory = self.directory(name)
         manifest = self._manifest(directory)
         try:
-            mtime = manifest.stat().st_mtime
-        except FileNotFoundError:
+            st = manifest.stat()
+        except (FileNotFoundError, NotADirectoryError):
             raise DatasetNotFoundError(f"no dataset {name!r} in this store") from None
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._guard:
             cached = self._open.get(name)
-            if cached is None or cached[0] != mtime:
+            if cached is None or cached[0] != version:
+                try:
+                    dataset = CachingDataset(directory, verify=self.verify, cache=self.cache, prefix=(name, version))
+                except InvalidInputError as exc:  # the store's file is bad, not the request: a 5xx, not a 422
+                    raise CorruptShardError(f"dataset {name!r} cannot be opened: {exc}") from None
                 if cached is not None:
-                    cached[1].close()
-                cached = (mtime, Dataset(directory, verify=self.verify), threading.Lock())
+                    with cached[2]:  # never close readers under a request that is still reading them
+                        cached[1].close()
+                    self.cache.discard(name)
+                cached = (version, dataset, threading.Lock())
                 self._open[name] = cached
         return cached[1], cached[2]
 

@@ -165,6 +165,22 @@ class ShardReader(ABC):
             raise CorruptShardError(f"shard {self.info.path} holds unexpected seq_ids at [{start}, {stop})")
         return records
 
+    def block(self, index: int) -> tuple[int, int]:
+        """The shard-local range ``[start, stop)`` that reading record ``index`` decodes anyway (a Parquet row
+        group): a cache can keep all of it for the price of the one record. This base: just ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is outside shard {self.info.path} of {len(self)} sequences")
+        self._after_fork()
+        try:
+            return self._block(index)
+        except CorruptShardError:
+            raise
+        except Exception as exc:
+            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
+
+    def _block(self, index: int) -> tuple[int, int]:
+        return index, index + 1
+
     def keys(self) -> np.ndarray:
         """``[n, 16] uint8`` content keys of all records in the shard."""
         self._after_fork()

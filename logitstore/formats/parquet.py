@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
+from logitstore.fs import is_local
 
 _TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
@@ -76,7 +77,13 @@ class ParquetShardReader(ShardReader):
 
     def _open(self) -> pq.ParquetFile:
         if self._file is None:
-            self._file = pq.ParquetFile(self.fs.open(self.path, "rb"))
+            if is_local(self.fs):
+                self._file = pq.ParquetFile(self.fs.open(self.path, "rb"))
+            else:
+                # Remote (the service's /files, object stores): no read-ahead cache, which fetches a block (5 MB
+                # for HTTP) past every read that does not continue the last one, as row groups read in shuffled
+                # order never do; pyarrow coalesces a row group's column chunks into one exact range read instead.
+                self._file = pq.ParquetFile(self.fs.open(self.path, "rb", cache_type="none"), pre_buffer=True)
             md = self._file.metadata
             rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
@@ -102,6 +109,13 @@ class ParquetShardReader(ShardReader):
             g0 = int(starts[g])
             parts.append(cols.slice(max(start, g0) - g0, min(stop, int(starts[g + 1])) - g0))
         return parts[0] if len(parts) == 1 else _concat_columns(parts)
+
+    def _block(self, index: int) -> tuple[int, int]:
+        self._open()
+        starts = self._group_starts
+        assert starts is not None
+        g = int(np.searchsorted(starts, index, side="right") - 1)
+        return int(starts[g]), int(starts[g + 1])
 
     def _read_keys(self) -> np.ndarray:
         col = self._open().read(columns=["key"]).column("key").combine_chunks()

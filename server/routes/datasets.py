@@ -10,20 +10,29 @@ from fastapi.responses import JSONResponse, Response
 from logitstore.errors import LimitExceededError
 from logitstore.keys import parse_key
 from logitstore.record import Record
-from logitstore.server.schemas import BatchRequest, DatasetList, DatasetSummary, RecordList, RecordOut
-from logitstore.server.store import Store
-from logitstore.wire import ARROW_STREAM, record_to_json, records_to_arrow
+from logitstore.server.errors import error_responses
+from logitstore.server.responses import ArrowResponse
+from logitstore.server.schemas import (
+    KEY_PATTERN,
+    BatchRequest,
+    DatasetList,
+    DatasetSummary,
+    RecordList,
+    RecordOut,
+    manifest_schema,
+)
+from logitstore.server.store import NAME, Store
+from logitstore.wire import ARROW_STREAM, record_to_json
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong API key"},
-    404: {"description": "unknown dataset, sequence or key"},
-    413: {"description": "more than the configured limit"},
-    422: {"description": "malformed request"},
-}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-Name = Annotated[str, Path(description="dataset name (a directory of the store)")]
+#: the 200 of the record routes: JSON (the response model) or, with ``Accept: ARROW_STREAM``, Arrow IPC
+ARROW_200: dict[int | str, dict[str, Any]] = {200: {"content": {ARROW_STREAM: BINARY}}}
+Name = Annotated[
+    str,
+    Path(description="dataset name (a directory of the store)", pattern=f"^{NAME.pattern}$", examples=["topk64"]),
+]
 
 
 def _store(request: Request) -> Store:
@@ -37,13 +46,13 @@ def wants_arrow(request: Request) -> bool:
 def records_response(request: Request, records: list[Record], *, single: bool) -> Response:
     """Arrow IPC when the Accept header asks for it, else JSON."""
     if wants_arrow(request):
-        return Response(records_to_arrow(records), media_type=ARROW_STREAM)
+        return ArrowResponse(records)
     if single:
         return JSONResponse(record_to_json(records[0]))
     return JSONResponse({"records": [record_to_json(r) for r in records]})
 
 
-@router.get("", response_model=DatasetList, responses={401: ERRORS[401]})
+@router.get("", response_model=DatasetList, responses=error_responses(401))
 def list_datasets(request: Request) -> DatasetList:
     """Every complete dataset of the store, with its teacher, method and size."""
     store = _store(request)
@@ -70,7 +79,11 @@ def list_datasets(request: Request) -> DatasetList:
 
 @router.get(
     "/{name}",
-    responses={**ERRORS, 200: {"content": {"application/json": {"schema": {"type": "object"}}}}},
+    response_class=JSONResponse,
+    responses={
+        200: {"description": "the manifest", "content": {"application/json": {"schema": manifest_schema()}}},
+        **error_responses(401, 404, 422, 500, meaning={404: "no such dataset"}),
+    },
 )
 def manifest(request: Request, name: Name) -> JSONResponse:
     """The dataset's manifest (docs/FORMAT.md)."""
@@ -80,12 +93,26 @@ def manifest(request: Request, name: Name) -> JSONResponse:
 @router.get(
     "/{name}/sequences/{seq_id}",
     response_model=RecordOut,
-    responses={**ERRORS, 200: {"content": {ARROW_STREAM: BINARY}}},
+    responses={
+        **ARROW_200,
+        **error_responses(
+            401,
+            404,
+            413,
+            422,
+            500,
+            meaning={
+                404: "no such dataset, or seq_id >= the number of sequences",
+                413: "more positions than the service's max_positions: ask for a range",
+                422: "malformed parameters, or start/stop outside the sequence",
+            },
+        ),
+    },
 )
 def sequence(
     request: Request,
     name: Name,
-    seq_id: Annotated[int, Path(ge=0, description="0..N-1")],
+    seq_id: Annotated[int, Path(ge=0, description="0..N-1", examples=[0])],
     start: Annotated[int | None, Query(ge=0, description="first position (default 0)")] = None,
     stop: Annotated[int | None, Query(ge=0, description="one past the last position (default T)")] = None,
 ) -> Response:
@@ -107,7 +134,20 @@ def sequence(
 @router.post(
     "/{name}/batch",
     response_model=RecordList,
-    responses={**ERRORS, 200: {"content": {ARROW_STREAM: BINARY}}},
+    responses={
+        **ARROW_200,
+        **error_responses(
+            401,
+            404,
+            413,
+            422,
+            500,
+            meaning={
+                404: "no such dataset, or a seq_id >= the number of sequences",
+                413: "more seq_ids than the service's max_batch_sequences (the document's maxItems)",
+            },
+        ),
+    },
 )
 def batch(request: Request, name: Name, body: BatchRequest) -> Response:
     """Many records, in the order asked, as one Arrow IPC stream (or JSON ``{"records": [...]}``)."""
@@ -123,10 +163,22 @@ def batch(request: Request, name: Name, body: BatchRequest) -> Response:
 @router.get(
     "/{name}/keys/{key}",
     response_model=RecordOut,
-    responses={**ERRORS, 200: {"content": {ARROW_STREAM: BINARY}}},
+    responses={
+        **ARROW_200,
+        **error_responses(401, 404, 422, 500, meaning={404: "no such dataset, or no sequence with this key"}),
+    },
 )
 def by_key(
-    request: Request, name: Name, key: Annotated[str, Path(description="32 hex digits (blake2b-128 of input_ids)")]
+    request: Request,
+    name: Name,
+    key: Annotated[
+        str,
+        Path(
+            description="32 hex digits: blake2b-128 of the int32 input_ids (logitstore.content_key)",
+            pattern=KEY_PATTERN,
+            examples=["0123456789abcdef0123456789abcdef"],
+        ),
+    ],
 ) -> Response:
     """The record whose content key is ``key``."""
     parsed = parse_key(key)

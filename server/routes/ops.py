@@ -13,10 +13,17 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz", response_model=Health)
 def healthz(request: Request) -> Health:
+    """Liveness and readiness: ``{"status": "ok", "datasets": N}``."""
     return Health(status="ok", datasets=len(request.app.state.store.names()))
 
 
-@router.get("/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}
+    },
+)
 def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format: requests, latency, response bytes and errors by type."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -187,3 +187,27 @@ def test_rewriting_after_a_crashed_writer_leaves_no_stale_shards(tmp_path, rng) 
 def test_unknown_url_protocol_is_a_clear_error() -> None:
     with pytest.raises(InvalidInputError, match="cannot open 'nosuchproto://x'"):
         open_dataset("nosuchproto://x")
+
+
+@pytest.mark.parametrize("backend", ["parquet", "zarr"])
+def test_block_is_what_a_read_decodes_anyway(tmp_path, rng, monkeypatch, backend) -> None:
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("logitstore.formats.base.FLUSH_ENTRIES", 300)  # a row group every few sequences
+    _write(tmp_path / "ds", rng, n=12, backend=backend, shard_entries=1200)
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds.manifest.shards) > 1
+    for shard in ds.manifest.shards:
+        if backend == "parquet":
+            metadata = pq.ParquetFile(tmp_path / "ds" / shard.path).metadata
+            rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            assert len(rows) > 1
+            bounds = shard.first_seq + np.concatenate([[0], np.cumsum(rows)])
+        else:  # zarr reads by chunk: a block is the one sequence
+            bounds = np.arange(shard.first_seq, shard.first_seq + shard.num_sequences + 1)
+        for seq_id in range(shard.first_seq, shard.first_seq + shard.num_sequences):
+            g = int(np.searchsorted(bounds, seq_id, side="right")) - 1
+            assert ds.block(seq_id) == (bounds[g], bounds[g + 1])
+            assert ds.read_range(*ds.block(seq_id))[seq_id - bounds[g]].equals(ds[seq_id])
+    with pytest.raises(SequenceNotFoundError, match="seq_id 12 is outside 0..11"):
+        ds.block(12)

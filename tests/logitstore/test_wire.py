@@ -31,3 +31,20 @@ def test_json_round_trip_is_exact_and_strict_json(spec):
 
 def test_an_empty_batch_encodes():
     assert records_from_arrow(records_to_arrow([])) == []
+
+
+def test_a_large_response_is_several_batches_of_one_ordinary_stream(monkeypatch):
+    import pyarrow as pa
+
+    from logitstore.wire import records_to_arrow_messages
+
+    monkeypatch.setattr("logitstore.wire.BATCH_BYTES", 600)  # a batch every few records
+    rng = np.random.default_rng(2)
+    spec = Spec(method="sample", n=8)
+    records = [synthetic_record(spec, rng, seq_id=i, length=2 + i % 7, vocab_size=50) for i in range(20)]
+    data = records_to_arrow(records)
+    assert len(records_to_arrow_messages(records)) > 4  # schema, several batches, end of stream
+    back = records_from_arrow(data)
+    assert [r.seq_id for r in back] == list(range(20)) and all(a.equals(b) for a, b in zip(records, back, strict=True))
+    table = pa.ipc.open_stream(data).read_all()  # any Arrow reader sees one table, a row per record
+    assert table.num_rows == 20 and table.column("seq_id").to_pylist() == list(range(20))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from logitstore import content_key, open_dataset
 from logitstore.server import Settings, create_app
@@ -30,7 +33,8 @@ def test_health_and_listing(client, store):
     listed = {d["name"]: d for d in client.get("/v1/datasets").json()["datasets"]}
     assert set(listed) == {"sample", "topk"}
     assert listed["topk"]["backend"] == "zarr" and listed["sample"]["sequences"] == 23
-    assert client.get("/v1/datasets/topk").json() == open_dataset(store / "topk").manifest.to_dict()
+    manifest = open_dataset(store / "topk").manifest.to_dict()
+    assert client.get("/v1/datasets/topk").json() == json.loads(json.dumps(manifest))  # tuples are lists in JSON
 
 
 @pytest.mark.parametrize("name", ["sample", "topk"])
@@ -72,13 +76,17 @@ def test_batch_key_and_lookup(client, store):
         ("get", "/v1/datasets/sample/sequences/abc", None, 422, "valid integer"),
         ("get", "/v1/datasets/sample/sequences/1?start=4&stop=2", None, 422, r"position range \[4, 2\)"),
         ("get", "/v1/datasets/sample/sequences/9", None, 413, "positions requested, the limit is 9"),
-        ("get", "/v1/datasets/sample/keys/xyz", None, 422, "32 hex"),
+        ("get", "/v1/datasets/sample/keys/xyz", None, 422, r"path.key: .*pattern '\^\[0-9a-fA-F\]\{32\}\$'"),
         ("get", "/v1/datasets/sample/keys/" + "0" * 32, None, 404, "no sequence with content key"),
         ("post", "/v1/datasets/sample/batch", {"seq_ids": []}, 422, "at least 1"),
         ("post", "/v1/datasets/sample/batch", {"seq_ids": list(range(9))}, 413, "9 seq_ids in one batch"),
         ("post", "/v1/datasets/sample/batch", {"ids": [1]}, 422, "seq_ids"),
+        # JSON false is not seq_id 0 (pydantic's lax mode answered record 0), and -1 is not a seq_id (was a 404)
+        ("post", "/v1/datasets/sample/batch", {"seq_ids": [False]}, 422, "seq_ids.0: .*expected an integer, got bool"),
+        ("post", "/v1/datasets/sample/batch", {"seq_ids": [3, -1]}, 422, "seq_ids.1: .*greater than or equal to 0"),
         ("post", "/v1/lookup", {"input_ids": [1, 2, 3]}, 404, "no dataset in this store caches"),
-        ("post", "/v1/lookup", {"input_ids": [-5]}, 422, r"\[0, 2\*\*31\)"),
+        ("post", "/v1/lookup", {"input_ids": [-5]}, 422, "input_ids.0: Input should be greater than or equal to 0"),
+        ("post", "/v1/lookup", {"input_ids": [2**31]}, 422, "input_ids.0: Input should be less than 2147483648"),
     ],
 )
 def test_errors_name_the_problem(client, method, url, body, status, match):
@@ -138,8 +146,6 @@ def test_api_key(store):
 
 
 def test_a_corrupt_shard_is_a_clear_5xx_and_other_datasets_keep_serving(tmp_path, store):
-    import shutil
-
     shutil.copytree(store / "sample", tmp_path / "broken")
     shard = tmp_path / "broken" / open_dataset(store / "sample").manifest.shards[0].path
     shard.write_bytes(b"PAR1" + b"\0" * 100 + b"PAR1")
@@ -166,6 +172,81 @@ def test_openapi_describes_binary_media_types(client):
     files = spec["paths"]["/v1/datasets/{name}/files/{path}"]["get"]["responses"]
     assert "application/octet-stream" in files["200"]["content"] and "206" in files
     assert content_key([1]) != content_key([2])  # sanity of the helper the lookup uses
+
+
+def test_openapi_declares_what_the_service_answers(client):
+    """Regressions of what tests/server/test_schema.py found undocumented."""
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]  # was also JSON
+    files = paths["/v1/datasets/{name}/files/{path}"]["get"]
+    assert set(files["responses"]["200"]["content"]) == {"application/octet-stream", "application/json"}
+    assert "multipart/byteranges" in files["responses"]["206"]["content"] and {"400", "416"} <= set(files["responses"])
+    assert [p["name"] for p in files["parameters"] if p["in"] == "header"] == ["Range"]
+    for operations in paths.values():  # every JSON error has the {"detail", "error"} body
+        for operation in operations.values():
+            for status, response in operation["responses"].items():
+                if status[0] in "45" and "application/json" in response.get("content", {}):
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorOut"
+                    }
+    schemas = spec["components"]["schemas"]
+    assert schemas["BatchRequest"]["properties"]["seq_ids"]["maxItems"] == 8  # the configured limit
+    assert schemas["BatchRequest"]["properties"]["seq_ids"]["items"] == {"type": "integer", "minimum": 0}
+
+
+def test_framework_errors_have_the_same_body_as_logitstore_errors(client):
+    not_utf8 = client.post(
+        "/v1/lookup", content=b'{"input_ids": [1, 2]}\xff', headers={"Content-Type": "application/json"}
+    )
+    assert not_utf8.status_code == 422 and not_utf8.json()["error"] == "InvalidInputError"  # was a bare 400
+    unknown = client.get("/v2/datasets")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "NotFoundError"
+    assert "/openapi.json" in unknown.json()["detail"]
+    wrong = client.options("/v1/datasets/sample/files/keys.idx")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "InvalidInputError"
+    assert wrong.headers["allow"] == "GET, HEAD"  # was "HEAD": the first of the two routes only
+
+
+def test_ranges_the_file_route_refuses(client):
+    url = "/v1/datasets/sample/files/keys.idx"
+    other_unit = client.get(url, headers={"Range": "lines=0-3"})
+    assert other_unit.status_code == 422 and "header.Range" in other_unit.json()["detail"]  # was a text/plain 400
+    beyond = client.get(url, headers={"Range": "bytes=99999999-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"].startswith("bytes */")
+    backwards = client.get(url, headers={"Range": "bytes=5-2"})
+    assert backwards.status_code == 400 and backwards.headers["content-type"].startswith("text/plain")
+    several = client.get(url, headers={"Range": "bytes=0-1, 4-5"})
+    assert several.status_code == 206 and several.headers["content-type"].startswith("multipart/byteranges")
+
+
+def test_an_unreadable_manifest_is_a_5xx_and_lookups_search_the_other_datasets(tmp_path, store):
+    shutil.copytree(store / "sample", tmp_path / "sample")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{not json")
+    ids = open_dataset(store / "sample")[6].input_ids.tolist()
+    with TestClient(create_app(Settings(store=tmp_path))) as c:
+        bad = c.get("/v1/datasets/bad")
+        assert bad.status_code == 500 and bad.json()["error"] == "CorruptShardError"  # was a 422: "your request"
+        assert "dataset 'bad' cannot be opened: manifest.json is not valid JSON" in bad.json()["detail"]
+        assert c.post("/v1/lookup", json={"input_ids": ids}).json()["matches"] == [{"dataset": "sample", "seq_id": 6}]
+        missing = c.post("/v1/lookup", json={"input_ids": [1, 2, 3]})
+        assert missing.status_code == 404 and "unreadable, not searched: bad" in missing.json()["detail"]
+        assert [d["name"] for d in c.get("/v1/datasets").json()["datasets"]] == ["sample"]
+
+
+def test_a_rebuilt_dataset_is_reopened_even_within_one_clock_tick(tmp_path, store):
+    shutil.copytree(store / "sample", tmp_path / "d")
+    manifest = tmp_path / "d" / "manifest.json"
+    with TestClient(create_app(Settings(store=tmp_path))) as c:
+        assert c.get("/v1/datasets/d").json()["teacher"]["name"] == "test-teacher"
+        before = manifest.stat()
+        rebuilt = tmp_path / "d" / "manifest.json.partial"  # same size, same mtime, new inode: as a writer publishes
+        rebuilt.write_text(manifest.read_text().replace('"test-teacher"', '"test-teachex"'))
+        os.replace(rebuilt, manifest)
+        os.utime(manifest, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert manifest.stat().st_size == before.st_size and manifest.stat().st_mtime_ns == before.st_mtime_ns
+        assert c.get("/v1/datasets/d").json()["teacher"]["name"] == "test-teachex"
 
 
 def test_settings_from_the_environment(store, monkeypatch):

@@ -114,9 +114,10 @@ def test_the_torch_dataset_streams_from_the_service_like_from_disk(server, store
     assert sorted(ids) == list(range(23)) and np.unique(ids).size == 23
 
 
-def test_api_key_protects_the_service(store):
+def test_api_key_protects_the_service(store, monkeypatch):
     proc, url = start(store, "--api-key", "k3y")
     try:
+        monkeypatch.delenv("LOGITSTORE_API_KEY", raising=False)
         with pytest.raises(AuthenticationError, match="no API key was given"):
             Client(url).datasets()
         with pytest.raises(AuthenticationError, match="the API key is wrong"):
@@ -125,6 +126,10 @@ def test_api_key_protects_the_service(store):
             assert len(c.datasets()) == 2
             remote = c.open_dataset("sample")
             assert remote[3].equals(open_dataset(store / "sample")[3])
+        monkeypatch.setenv("LOGITSTORE_API_KEY", "k3y")  # what open_dataset reads; the client now does too
+        with Client(url) as c:
+            assert len(c.datasets()) == 2
+        assert open_dataset(f"{url}/v1/datasets/topk")[0].equals(open_dataset(store / "topk")[0])
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
