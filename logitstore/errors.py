@@ -60,3 +60,7 @@ class ChecksumMismatchError(CorruptShardError):
 
 class SpecMismatchError(LogitStoreError, ValueError):
     """Two things that must agree do not: vocabulary sizes, tokenizer hashes, specs, sequence lengths."""
+
+
+class MissingDependencyError(LogitStoreError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

@@ -5,6 +5,7 @@ A dataset directory looks like::
     <dataset>/manifest.json    written last, atomically: its presence means the dataset is complete
     <dataset>/keys.idx         content-key index (sorted keys -> seq_id)
     <dataset>/shards/00000.parquet | shards/00000.zarr/
+    <dataset>/audit/00000.parquet  optional: full distributions of a random fraction of positions (one per shard)
     <dataset>/_job/            state of an in-progress precompute job
 """
 
@@ -26,6 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 KEY_INDEX_NAME = "keys.idx"
 SHARDS_DIR = "shards"
+AUDIT_DIR = "audit"
 JOB_DIR = "_job"
 BACKENDS = ("parquet", "zarr")
 Backend = Literal["parquet", "zarr"]
@@ -40,6 +42,11 @@ def parse_backend(value: str) -> Backend:
 def shard_relpath(index: int, backend: Backend) -> str:
     """Path of shard ``index`` relative to the dataset root, e.g. ``shards/00007.parquet``."""
     return f"{SHARDS_DIR}/{index:05d}.{'parquet' if backend == 'parquet' else 'zarr'}"
+
+
+def audit_relpath(index: int) -> str:
+    """Path of shard ``index``'s audit sidecar relative to the dataset root, e.g. ``audit/00007.parquet``."""
+    return f"{AUDIT_DIR}/{index:05d}.parquet"
 
 
 class _Dict:
@@ -120,6 +127,63 @@ class ShardInfo(_Dict):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditFileInfo(_Dict):
+    """One shard's audit sidecar: ``num_positions`` full-vocabulary rows, with its size and sha256."""
+
+    path: str
+    num_positions: int
+    nbytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditInfo:
+    """The audit sidecar: the full teacher distribution (log-softmax, ``dtype``) of the positions chosen with
+    probability ``fraction`` by :func:`logitstore.rng.audit_uniforms` under the spec's seed; ``files[i]`` belongs
+    to ``shards[i]``."""
+
+    fraction: float
+    files: tuple[AuditFileInfo, ...]
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (0.0 < f <= 1.0):
+            raise InvalidInputError(f"manifest audit fraction must be in (0, 1], got {f!r}")
+        if self.dtype not in ("float16", "float32"):
+            raise InvalidInputError(f"manifest audit dtype must be float16 or float32, got {self.dtype!r}")
+        object.__setattr__(self, "fraction", float(f))
+        object.__setattr__(self, "files", tuple(self.files))
+
+    @property
+    def num_positions(self) -> int:
+        return sum(f.num_positions for f in self.files)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.nbytes for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fraction": self.fraction, "dtype": self.dtype, "files": [f.to_dict() for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditInfo:
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"manifest field audit must be a JSON object, got {data!r}")
+        unknown = set(data) - {"fraction", "dtype", "files"}
+        if unknown:
+            raise InvalidInputError(f"unknown audit field(s) {sorted(unknown)} in manifest")
+        try:
+            return cls(
+                fraction=data["fraction"],
+                dtype=data.get("dtype", "float16"),
+                files=tuple(AuditFileInfo.from_dict(f) for f in data["files"]),
+            )
+        except KeyError as exc:
+            raise InvalidInputError(f"manifest audit is missing the required field {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Stats(_Dict):
     bytes_per_token: float
     mean_kept_mass: float
@@ -153,10 +217,17 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the optional audit sidecar (``--audit-fraction``); None, and absent from the JSON, when there is none
+    audit: AuditInfo | None = None
 
     def __post_init__(self) -> None:
         parse_backend(self.backend)
         object.__setattr__(self, "shards", tuple(self.shards))
+        if self.audit is not None and len(self.audit.files) != len(self.shards):
+            raise InvalidInputError(
+                f"the manifest lists {len(self.audit.files)} audit file(s) for {len(self.shards)} shard(s); "
+                "there is one per shard"
+            )
         expected = 0
         for s in self.shards:
             if s.first_seq != expected:
@@ -194,6 +265,8 @@ class Manifest:
             "key_index": self.key_index.to_dict(),
             "stats": self.stats.to_dict() if self.stats else None,
             "extra": self.extra,
+            # written only when present, so a dataset without an audit stays readable by older releases
+            **({"audit": self.audit.to_dict()} if self.audit is not None else {}),
         }
 
     @classmethod
@@ -222,6 +295,7 @@ class Manifest:
                 key_index=FileInfo.from_dict(data["key_index"]),
                 stats=Stats.from_dict(data["stats"]) if data.get("stats") else None,
                 extra=data.get("extra") or {},
+                audit=AuditInfo.from_dict(data["audit"]) if data.get("audit") is not None else None,
             )
         except KeyError as exc:
             raise InvalidInputError(f"manifest is missing the required field {exc.args[0]!r}") from None

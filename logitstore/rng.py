@@ -1,18 +1,25 @@
-"""Counter-based random numbers: the ``sample`` method's draws and the loader's epoch permutations.
+"""Counter-based random numbers: the ``sample`` method's draws, the audit's positions and the loader's epoch
+permutations.
 
 A draw's uniform is a pure function of (seed, sequence key, position, draw index), so sampled targets do not depend
 on batch composition, chunk size, worker count, device or restarts. The per-sequence part is hashed on the host
 with blake2b; the per-position and per-draw part is a 32-bit integer mixer evaluated in int64 torch ops on the
 logits' device. Multiplications are split into 16-bit halves so no intermediate overflows int64.
+
+torch is imported by the two functions that build tensors, so the numpy parts (the audit's positions, permutations)
+keep the storage core free of torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _MASK32 = 0xFFFFFFFF
 
@@ -31,6 +38,8 @@ def position_streams(
     Returns ``streams [N, 2] int64`` (each row the two words of its sequence) and ``positions [N] int64``
     (0..T-1 within each sequence), with ``N = sum(lengths)``.
     """
+    import torch
+
     words = torch.tensor([sequence_stream(seed, k) for k in keys], dtype=torch.int64).reshape(-1, 2)
     lens = torch.tensor(list(lengths), dtype=torch.int64)
     streams = torch.repeat_interleave(words, lens, dim=0)
@@ -64,6 +73,8 @@ def uniforms(streams: torch.Tensor, positions: torch.Tensor, num_draws: int) -> 
     Returns:
         ``[N, num_draws] float64``; entry ``[i, d]`` depends only on ``(streams[i], positions[i], d)``.
     """
+    import torch
+
     s0 = streams[:, 0:1] & _MASK32
     s1 = streams[:, 1:2] & _MASK32
     state = _mix32(s0 ^ _mix32((positions[:, None] & _MASK32) ^ _mix32(s1 ^ 0x9E3779B9)))
@@ -72,6 +83,19 @@ def uniforms(streams: torch.Tensor, positions: torch.Tensor, num_draws: int) -> 
     lo = _mix32(_mix32(state ^ (2 * draw + 1)) ^ s1)
     bits = (hi >> 5) * (1 << 26) + (lo >> 6)  # 27 + 26 = 53 bits
     return bits.to(torch.float64) * (1.0 / (1 << 53))
+
+
+def audit_uniforms(seed: int, key: bytes, length: int) -> np.ndarray:
+    """``[length] float64`` uniforms in [0, 1), one per position: entry t is a pure function of (seed, key, t).
+
+    Used to pick the positions whose full distribution the audit sidecar keeps. Its own blake2b personalization
+    makes it independent of the ``sample`` method's draws, and it is computed on the host in numpy, so the choice
+    never depends on the device, batch, chunk or worker count.
+    """
+    digest = hashlib.blake2b(seed.to_bytes(8, "little") + key, digest_size=8, person=b"logitstore-aud").digest()
+    stream = np.uint64(int.from_bytes(digest, "little"))
+    bits = _splitmix64(_splitmix64(np.arange(length, dtype=np.uint64)) ^ stream) >> np.uint64(11)
+    return bits.astype(np.float64) * (1.0 / (1 << 53))
 
 
 def permutation(n: int, *words: int) -> np.ndarray:

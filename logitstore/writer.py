@@ -17,14 +17,18 @@ import numpy as np
 from typing_extensions import Self
 
 from logitstore import keyindex
+from logitstore.audit import AuditWriter, audit_positions, parse_audit_fraction
 from logitstore.errors import DatasetExistsError, InvalidInputError
 from logitstore.formats import READERS, WRITERS, ShardWriter
 from logitstore.fs import digest, is_local, resolve
 from logitstore.manifest import (
+    AUDIT_DIR,
     JOB_DIR,
     KEY_INDEX_NAME,
     MANIFEST_NAME,
     SHARDS_DIR,
+    AuditFileInfo,
+    AuditInfo,
     Backend,
     CorpusInfo,
     FileInfo,
@@ -64,7 +68,7 @@ def prepare_output(root: Path, *, overwrite: bool = False) -> None:
                 "or choose another output path"
             )
         manifest.unlink()  # from here on the dataset is incomplete, so a crash cannot leave a stale manifest
-        for name in (KEY_INDEX_NAME, SHARDS_DIR, JOB_DIR):
+        for name in (KEY_INDEX_NAME, SHARDS_DIR, AUDIT_DIR, JOB_DIR):
             path = root / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -90,8 +94,10 @@ def finalize(
     tokenizer: TokenizerInfo | None = None,
     corpus: CorpusInfo | None = None,
     name: str | None = None,
+    audit: AuditInfo | None = None,
 ) -> Manifest:
-    """Write the key index and then, atomically and last, ``manifest.json`` for committed ``shards``."""
+    """Write the key index and then, atomically and last, ``manifest.json`` for committed ``shards`` (and their
+    audit sidecars, ``audit.files[i]`` belonging to ``shards[i]``)."""
     shards = sorted(shards, key=lambda s: s.first_seq)
     fs = fsspec.filesystem("file")
     keys, seq_ids = [], []
@@ -121,6 +127,7 @@ def finalize(
         corpus=corpus,
         shards=tuple(shards),
         key_index=FileInfo(path=KEY_INDEX_NAME, nbytes=nbytes, sha256=sha),
+        audit=audit,
     )
     write_atomic(root / MANIFEST_NAME, manifest.to_json().encode())
     return manifest
@@ -135,6 +142,10 @@ class DatasetWriter:
             for record in records:
                 w.write(record)
         manifest = w.manifest  # written on a clean exit; on an exception committed shards stay, no manifest
+
+    With ``audit_fraction`` F > 0, the full distribution of the positions :meth:`audit_positions` picks (a
+    fraction F, chosen from the spec's seed, the content key and the position) goes to the audit sidecar: pass
+    their log-softmax rows to :meth:`write` as ``audit_logprobs [n, V]``.
     """
 
     def __init__(
@@ -149,8 +160,15 @@ class DatasetWriter:
         shard_entries: int = DEFAULT_SHARD_ENTRIES,
         overwrite: bool = False,
         name: str | None = None,
+        audit_fraction: float = 0.0,
     ):
         self.root = local_root(location)
+        self.audit_fraction = parse_audit_fraction(audit_fraction)
+        if self.audit_fraction > 0 and spec.method == "dense":
+            raise InvalidInputError(
+                "audit_fraction applies to sparse methods: a dense dataset already stores every distribution; "
+                "use audit_fraction=0"
+            )
         self.backend = parse_backend(backend)
         spec.check_vocab(teacher.vocab_size)
         if shard_entries < 1:
@@ -167,18 +185,41 @@ class DatasetWriter:
         # No manifest here, so whatever sits in shards/ is left over from a crashed writer: start clean.
         for stale in (self.root / SHARDS_DIR).iterdir():
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        shutil.rmtree(self.root / AUDIT_DIR, ignore_errors=True)
         self.shards: list[ShardInfo] = []
+        self.audit_files: list[AuditFileInfo] = []
         self.manifest: Manifest | None = None
         self._writer: ShardWriter | None = None
+        self._audit: AuditWriter | None = None
         self._entries_in_shard = 0
         self._next_seq = 0
 
-    def write(self, record: Record) -> None:
+    def audit_positions(self, record: Record) -> np.ndarray:
+        """``[n] int64`` positions of ``record`` whose full distribution the audit keeps (empty without an audit)."""
+        return audit_positions(self.spec.seed, record.key, len(record), self.audit_fraction)
+
+    def write(self, record: Record, *, audit_logprobs: np.ndarray | None = None) -> None:
+        """Append ``record``; with an audit, ``audit_logprobs [n, V]`` are the log-softmax rows of the
+        ``n = len(self.audit_positions(record))`` audited positions (None when n is 0)."""
         if self.manifest is not None:
             raise InvalidInputError("this dataset is already finished; open a new DatasetWriter to write more")
         if record.seq_id != self._next_seq:
             raise InvalidInputError(
                 f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}"
+            )
+        audited = self.audit_positions(record)
+        if audit_logprobs is None and len(audited):
+            raise InvalidInputError(
+                f"record seq_id={record.seq_id} has {len(audited)} audited position(s) {audited[:8].tolist()}; pass "
+                f"audit_logprobs=[{len(audited)}, {self.teacher.vocab_size}] log-softmax rows of those positions "
+                "(DatasetWriter.audit_positions(record) names them)"
+            )
+        if audit_logprobs is not None and len(audit_logprobs) and self.audit_fraction == 0:
+            raise InvalidInputError("audit_logprobs were given, but this writer has audit_fraction=0")
+        if audit_logprobs is not None and audit_logprobs.shape != (len(audited), self.teacher.vocab_size):
+            raise InvalidInputError(
+                f"audit_logprobs of seq_id={record.seq_id} must be [{len(audited)}, {self.teacher.vocab_size}] (one "
+                f"log-softmax row per audited position), got {tuple(audit_logprobs.shape)}"
             )
         if self._writer is None:
             self._writer = open_shard_writer(
@@ -190,6 +231,11 @@ class DatasetWriter:
                 first_seq=self._next_seq,
             )
         self._writer.write(record)
+        if self.audit_fraction > 0:
+            if self._audit is None:
+                self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)
+            rows = np.zeros((0, self.teacher.vocab_size), np.float32) if audit_logprobs is None else audit_logprobs
+            self._audit.write(record.seq_id, audited, rows)
         self._next_seq += 1
         self._entries_in_shard += record.num_entries
         if self._entries_in_shard >= self.shard_entries:
@@ -197,6 +243,9 @@ class DatasetWriter:
 
     def _commit_shard(self) -> None:
         if self._writer is not None:
+            if self._audit is not None:
+                self.audit_files.append(self._audit.commit())
+                self._audit = None
             self.shards.append(self._writer.commit())
             self._writer = None
             self._entries_in_shard = 0
@@ -215,10 +264,16 @@ class DatasetWriter:
                 tokenizer=self.tokenizer,
                 corpus=self.corpus,
                 name=self.name,
+                audit=AuditInfo(fraction=self.audit_fraction, files=tuple(self.audit_files))
+                if self.audit_fraction > 0
+                else None,
             )
         return self.manifest
 
     def abort(self) -> None:
+        if self._audit is not None:
+            self._audit.abort()
+            self._audit = None
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

@@ -14,7 +14,9 @@ from logitstore.server.cache import CachingDataset, RecordCache
 #: dataset names the service answers for: one path component, no dot-dot, no hidden names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: the files of a dataset a remote reader may fetch (never _job/ or the lock)
-SERVED = re.compile(r"(manifest\.json|keys\.idx|shards/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)")
+SERVED = re.compile(
+    r"(manifest\.json|keys\.idx|audit/[A-Za-z0-9._-]+\.parquet|shards/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)"
+)
 
 
 class Store:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from logitstore.audit import parse_audit_fraction
 from logitstore.errors import InvalidInputError
 from logitstore.manifest import parse_backend
 from logitstore.spec import Encoding, Spec, parse_encoding
@@ -35,6 +36,9 @@ class PrecomputeConfig:
     sequences_per_shard: int | None = None
     max_attempts: int = 3
     progress: bool = True
+    #: fraction of positions whose full distribution goes to the audit sidecar (``logitstore report``); about
+    #: ``audit_fraction * tokens * V * 2`` bytes
+    audit_fraction: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,9 +56,17 @@ class PrecomputeConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+        object.__setattr__(self, "audit_fraction", parse_audit_fraction(self.audit_fraction))
+        if self.audit_fraction > 0 and self.spec.method == "dense":
+            raise InvalidInputError(
+                f"audit_fraction={self.audit_fraction} applies to sparse methods: a dense dataset already stores every "
+                "distribution; drop --audit-fraction (or pick topk, topp or sample)"
+            )
 
     def identity(self) -> dict[str, Any]:
         """What must not change between a job and its resumption (the rest, like worker count, may)."""
+        # audit_fraction only when set, so jobs started before the option existed still resume
+        audit = {"audit_fraction": self.audit_fraction} if self.audit_fraction > 0 else {}
         return {
             "teacher": _absolute(self.teacher),
             "data": str(Path(self.data).resolve()),
@@ -66,6 +78,7 @@ class PrecomputeConfig:
             "pack": self.pack,
             "batch_size": self.batch_size,
             "sequences_per_shard": self.sequences_per_shard,
+            **audit,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,20 +19,24 @@ from logitstore.compat import tokenizer_fingerprint
 from logitstore.errors import DatasetExistsError, InvalidInputError, LogitStoreError
 from logitstore.fs import digest, resolve
 from logitstore.manifest import (
+    AUDIT_DIR,
     JOB_DIR,
     MANIFEST_NAME,
     SHARDS_DIR,
+    AuditFileInfo,
+    AuditInfo,
     CorpusInfo,
     Manifest,
     ShardInfo,
     TeacherInfo,
     TokenizerInfo,
+    audit_relpath,
     shard_relpath,
     write_atomic,
 )
 from logitstore.workers.config import PrecomputeConfig, config_from_mapping
 from logitstore.workers.corpus import PackedCorpus, detect_format, iter_documents, load_packed, pack_corpus
-from logitstore.workers.shard import COMMITS_DIR, ShardTask, commit_record_path
+from logitstore.workers.shard import COMMITS_DIR, ShardTask, audit_record_path, commit_record_path
 from logitstore.workers.teachers import describe_max_positions, read_model_config, teacher_kind
 from logitstore.writer import finalize, local_root, prepare_output
 
@@ -59,12 +63,19 @@ class PrecomputeResult:
     def summary(self) -> str:
         m = self.manifest
         assert m.stats is not None
+        audit = (
+            f"audit      {m.audit.num_positions:,} positions (fraction {m.audit.fraction:g}) in "
+            f"{m.audit.nbytes / 2**20:,.1f} MiB under {AUDIT_DIR}/ (not counted in bytes/token)\n"
+            if m.audit is not None
+            else ""
+        )
         return (
             f"dataset    {m.name}: {m.spec.describe()} of {m.teacher.name}\n"
             f"sequences  {m.num_sequences:,}   tokens {m.num_tokens:,}   shards {len(m.shards)} "
             f"({self.shards_computed} computed, {self.shards_reused} reused)\n"
             f"storage    {m.stats.bytes_per_token:.1f} bytes/token   entries/position "
             f"{m.stats.mean_entries_per_position:.2f}   mean kept mass {m.stats.mean_kept_mass:.4f}\n"
+            f"{audit}"
             f"wall time  {self.wall_time:.1f} s"
         )
 
@@ -99,6 +110,7 @@ def precompute(config: PrecomputeConfig | None = None, /, **options: Any) -> Pre
         todo = [t for t in tasks if t.index not in done]
         computed = _run(config, todo, root, job_dir, corpus) if todo else {}
         shards = [done.get(t.index) or computed[t.index] for t in tasks]
+        audit = _audit_info(config, job_dir, tasks)
         teacher_info = TeacherInfo(**json.loads((job_dir / "teacher.json").read_text()))
         manifest = finalize(
             root,
@@ -114,6 +126,7 @@ def precompute(config: PrecomputeConfig | None = None, /, **options: Any) -> Pre
                 num_sequences=corpus.num_sequences,
                 num_tokens=corpus.num_tokens,
             ),
+            audit=audit,
         )
         _remove_partials(root)
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -226,6 +239,7 @@ def _check_identity(job_dir: Path, config: PrecomputeConfig, teacher_revision: s
             shutil.rmtree(job_dir / "corpus", ignore_errors=True)
             shutil.rmtree(job_dir / COMMITS_DIR, ignore_errors=True)
             shutil.rmtree(job_dir.parent / SHARDS_DIR, ignore_errors=True)
+            shutil.rmtree(job_dir.parent / AUDIT_DIR, ignore_errors=True)
     write_atomic(path, json.dumps(identity, indent=2).encode())
 
 
@@ -311,14 +325,35 @@ def _committed(root: Path, job_dir: Path, tasks: list[ShardTask], config: Precom
             and info.num_sequences == task.num_sequences
             and path.exists()
             and digest(fs, str(path)) == (info.nbytes, info.sha256)
+            and (config.audit_fraction == 0 or _audit_committed(root, job_dir, task, fs))
         ):
             done[task.index] = info
     return done
 
 
+def _audit_committed(root: Path, job_dir: Path, task: ShardTask, fs: Any) -> bool:
+    record = audit_record_path(job_dir, task.index)
+    if not record.exists():
+        return False
+    info = AuditFileInfo.from_dict(json.loads(record.read_text()))
+    path = root / info.path
+    return (
+        info.path == audit_relpath(task.index) and path.exists() and digest(fs, str(path)) == (info.nbytes, info.sha256)
+    )
+
+
+def _audit_info(config: PrecomputeConfig, job_dir: Path, tasks: list[ShardTask]) -> AuditInfo | None:
+    """The sidecars the actors committed, one per shard (None without an audit)."""
+    if config.audit_fraction == 0:
+        return None
+    files = tuple(AuditFileInfo.from_dict(json.loads(audit_record_path(job_dir, t.index).read_text())) for t in tasks)
+    return AuditInfo(fraction=config.audit_fraction, files=files)
+
+
 def _remove_partials(root: Path) -> None:
-    for leftover in (root / SHARDS_DIR).glob("*.partial"):
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    for folder in (SHARDS_DIR, AUDIT_DIR):
+        for leftover in (root / folder).glob("*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
 
 
 # -- execution ----------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class ShardWorker:
             root=self.root,
             job_dir=self.job_dir,
             batch_size=self.config["batch_size"],
+            audit_fraction=float(self.config.get("audit_fraction") or 0.0),
         )
         return info.to_dict()
 

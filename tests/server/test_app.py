@@ -261,3 +261,12 @@ def test_settings_from_the_environment(store, monkeypatch):
         create_app()
     with pytest.raises(InvalidInputError, match="is not a directory"):
         create_app(Settings(store=store / "nope"))
+
+
+def test_served_files_are_the_datasets_data_and_nothing_else():
+    from logitstore.server.store import SERVED
+
+    for ok in ("manifest.json", "keys.idx", "shards/00000.parquet", "shards/00001.zarr/ids/c/0", "audit/00000.parquet"):
+        assert SERVED.fullmatch(ok), ok
+    for bad in ("_job/lock", "audit/x.json", "audit/sub/00000.parquet", "secret.txt", "shards"):
+        assert not SERVED.fullmatch(bad), bad

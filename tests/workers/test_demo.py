@@ -39,6 +39,10 @@ def test_demo_quick_runs_every_stage_and_reruns(tmp_path) -> None:
     for name in ("CE only", "KD (sample32, via the service)"):
         assert results[name]["ce"] > 0 and results[name]["kl"] > 0 and results[name]["steps"] > 0
     assert results["teacher"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    # 6: a report per cache; the top-k one built with an audit sidecar
+    for name in ("topk32", "sample32"):
+        assert (tmp_path / "report" / name / "index.html").exists()
+    assert open_dataset(tmp_path / "store" / "topk32").manifest.audit is not None
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already built; reusing it") == 3 and again.stdout.count("already trained") == 2

@@ -8,7 +8,8 @@
 4. The service in the background on 127.0.0.1, and a few REST queries.
 5. Two students from one initialization, trained for the same steps on the same batches: cross-entropy only, and
    KD from the sample cache streamed through the service. Held-out CE and KL to the teacher side by side.
-6. ``logitstore report`` for both caches.
+6. ``logitstore report`` for both caches (the top-k one with 1% of positions kept dense as an audit, so the report
+   shows what other k / n would keep).
 
 A rerun reuses every finished artifact; Ctrl-C stops it (the service too).
 """
@@ -45,14 +46,20 @@ class Budget:
 
 FULL = Budget(2_000_000, 8000, 128, 256, 4, 500, 128, 2, 300, 16)
 QUICK = Budget(250_000, 1000, 64, 64, 2, 30, 32, 1, 20, 8)
-CACHES = {"topk32": {"method": "topk", "k": 32, "backend": "parquet"}, "sample32": {"method": "sample", "n": 32}}
+#: the top-k cache also keeps 1% of positions dense (``--audit-fraction``), so its report shows what other k / n
+#: would keep on this teacher
+CACHES = {
+    "topk32": {"method": "topk", "k": 32, "backend": "parquet", "audit_fraction": 0.01},
+    "sample32": {"method": "sample", "n": 32},
+}
 
 
 def _stage(n: int, text: str) -> None:
     print(f"\n[{n}/{STAGES}] {text}", flush=True)
 
 
-def _teacher(workdir: Path, train: Path, budget: Budget) -> Path:
+def build_teacher(workdir: Path, train: Path, budget: Budget) -> Path:
+    """Train the demo teacher (tokenizer + Llama) on ``train`` into ``workdir/teacher``; reuse it when it exists."""
     from logitstore.workers.checkpoints import train_bpe_tokenizer
     from logitstore.workers.demo import training
 
@@ -172,6 +179,17 @@ def _students(workdir: Path, teacher_dir: Path, heldout: Path, url: str, budget:
     return results
 
 
+def _reports(workdir: Path, store: Path) -> None:
+    from logitstore.report import build_report
+
+    for name in CACHES:
+        out = workdir / "report" / name
+        index = out / "index.html"
+        if not index.exists():
+            build_report(store / name, out)
+        print(f"  {name}: open {index} (or `logitstore report {store / name} --out DIR`)")
+
+
 def run_demo(workdir: Path = DEFAULT_WORKDIR, *, quick: bool = False) -> dict[str, dict[str, Any]]:
     """Run every stage (see the module docstring); returns the students' held-out results."""
     from transformers.utils import logging as hf_logging
@@ -186,7 +204,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR, *, quick: bool = False) -> dict[st
     train, heldout = build_corpus(workdir, max_chars=budget.max_chars)
     print(f"  {len(read_texts(train))} train / {len(read_texts(heldout))} held-out documents in {train.parent}")
     _stage(2, "tokenizer + teacher: BPE trained here, a small Llama trained on the CPU, saved as a HF checkpoint")
-    teacher = _teacher(workdir, train, budget)
+    teacher = build_teacher(workdir, train, budget)
     _stage(3, "precompute on embedded Ray: a top-k cache and a sample cache")
     store = _caches(workdir, teacher, train, budget)
     _stage(4, "the service in the background (logitstore serve), and some REST queries")
@@ -199,5 +217,7 @@ def run_demo(workdir: Path = DEFAULT_WORKDIR, *, quick: bool = False) -> dict[st
     for name, r in results.items():
         print(f"  {name:32}{r['ce']:>12.3f}{r['kl']:>22.3f}")
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
+    _stage(6, "logitstore report for both caches")
+    _reports(workdir, store)
     print(f"\nDone in {time.monotonic() - started:.0f} s. Caches: {store}; results: {workdir / 'results.json'}.")
     return results

@@ -122,10 +122,12 @@ def train_student(
     seed: int = 0,
     desc: str = "student",
     tokenizer: Any = None,
+    block_size: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A student loaded from ``init``, trained for ``steps`` on the cache at ``source`` (a path or the service's
     dataset URL) with ``kd_loss(**loss_options)``; ``ce_weight=1.0`` is plain cross-entropy on the same batches.
-    ``tokenizer`` (the student's: an object or a directory) is checked against the cache's."""
+    ``tokenizer`` (the student's: an object or a directory) is checked against the cache's. ``block_size`` fixes
+    the loader's blocks, so caches of one corpus with different row groups deliver the same batches."""
     from transformers import AutoModelForCausalLM
 
     from logitstore.losses import kd_loss
@@ -140,6 +142,7 @@ def train_student(
         tokenizer=tokenizer,
         rank=0,
         world_size=1,
+        block_size=block_size,
     )
     loader = LogitLoader(dataset)
 
@@ -174,3 +177,42 @@ def evaluate(student: nn.Module, teacher: nn.Module, rows: torch.Tensor, *, batc
         kl_sum += float((t.exp() * (t - s)).sum())
         count += ids[:, 1:].numel()
     return {"ce": ce_sum / count, "kl": kl_sum / count}
+
+
+@torch.no_grad()
+def calibration(model: nn.Module, rows: torch.Tensor, *, bins: int = 15, batch_size: int = 16) -> dict[str, float]:
+    """Expected calibration error of the top-1 next-token prediction over ``rows [N, T]``: the positions'
+    top-1 confidences in ``bins`` equal-width bins, ``sum_b (n_b / n) |accuracy_b - confidence_b|``; and the
+    top-1 accuracy."""
+    confidences, correct = [], []
+    for ids in rows.split(batch_size):
+        probs = torch.softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+        top, arg = probs.max(-1)
+        confidences.append(top.flatten())
+        correct.append((arg == ids[:, 1:]).flatten().float())
+    return {
+        "ece": expected_calibration_error(torch.cat(confidences), torch.cat(correct), bins=bins),
+        "accuracy": float(torch.cat(correct).mean()),
+    }
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, *, bins: int = 15) -> float:
+    """ECE of ``confidence [P]`` (in [0, 1]) against ``correct [P]`` (0/1), ``bins`` equal-width bins."""
+    index = (confidence * bins).long().clamp(max=bins - 1)
+    count = torch.bincount(index, minlength=bins).double()
+    conf_sum = torch.bincount(index, weights=confidence.double(), minlength=bins)
+    correct_sum = torch.bincount(index, weights=correct.double(), minlength=bins)
+    return float((conf_sum - correct_sum).abs().sum() / count.sum())
+
+
+def loss_gradient(model: nn.Module, batch: dict[str, Any], loss_options: dict[str, Any]) -> torch.Tensor:
+    """The gradient of ``kd_loss(**loss_options)`` on one cached ``batch`` with respect to every parameter of
+    ``model``, flattened to ``[num_parameters]`` float32 (the model's own gradients are left untouched)."""
+    from logitstore.losses import kd_loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    grads = torch.autograd.grad(kd_loss(logits, batch, **loss_options), params, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).flatten().float() for p, g in zip(params, grads, strict=True)]
+    )
