@@ -19,6 +19,10 @@ are a support with exact probabilities):
   (the KL of the coarsened distributions: a lower bound on the full KL).
 - ``exact``: the full-vocabulary divergence to the teacher completed from exactly what the cache knows: the
   stored ``p_i`` and the tail mass ``r``, spread uniformly over the other ids (the maximum-entropy completion).
+- ``label`` (the label-mass fix of "Sparse Logit Sampling", Anshumann et al. 2025): the tail mass ``r`` goes to the
+  ground-truth next token ``y``: target ``t_i = p_i + r [i = y]`` on ``S + {y}``, zero elsewhere. Forward KL and
+  JSD only (reverse KL against a target with zeros is infinite); positions without a label (the last one of a
+  sequence) use the renormalized stored part.
 
 Reverse KL and JSD with ``ghost`` / ``exact`` need ``r`` exactly and are refused on q16 caches (docs/TRAINING.md).
 All three equal the textbook divergence when nothing was cut (a dense cache, or top-k with k = V). Temperatures
@@ -49,9 +53,9 @@ from logitstore.collate import IGNORE_INDEX
 from logitstore.errors import InvalidInputError, SpecMismatchError
 
 Kind = Literal["forward_kl", "reverse_kl", "jsd"]
-Tail = Literal["renorm", "ghost", "exact"]
+Tail = Literal["renorm", "ghost", "exact", "label"]
 KINDS = ("forward_kl", "reverse_kl", "jsd")
-TAILS = ("renorm", "ghost", "exact")
+TAILS = ("renorm", "ghost", "exact", "label")
 
 #: "probability zero" as a finite log: exp underflows to exactly 0, and no gradient meets inf - inf.
 NEG = -1.0e4
@@ -81,7 +85,7 @@ def kd_loss(
             the cache's vocabulary (extra logits are ignored).
         batch: target tensors ``[B, T, K]`` and ``lse [B, T]``, on the student's device.
         kind: ``forward_kl`` | ``reverse_kl`` | ``jsd`` (module docstring).
-        tail: ``renorm`` | ``ghost`` | ``exact``.
+        tail: ``renorm`` | ``ghost`` | ``exact`` | ``label``.
         temperature: softens teacher and student alike; the loss is scaled by ``temperature**2``.
         ce_weight: ``loss = (1 - ce_weight) * KD + ce_weight * CE(labels)`` (CE at temperature 1).
         beta: the JSD mixture weight, in (0, 1).
@@ -135,6 +139,17 @@ def kd_loss(
         raise InvalidInputError(
             "ce_weight > 0 needs labels: the batch has none (a classifier cache); pass labels=[B] class ids"
         )
+    if mode == "label":
+        if labels is None:
+            raise InvalidInputError(
+                "tail='label' gives the tail mass to the label, but the batch has none (a classifier cache); pass "
+                "labels=[B] class ids, or use tail='ghost'"
+            )
+        if kind == "reverse_kl":
+            raise InvalidInputError(
+                "tail='label' with kind='reverse_kl': the label-mass target is zero outside the stored ids and the "
+                "label, so KL(student || target) is infinite; use kind='forward_kl' or 'jsd', or another tail"
+            )
     if labels is not None and labels.dim() == 1:
         labels = labels.unsqueeze(1)
 
@@ -147,7 +162,7 @@ def kd_loss(
         mask.reshape(positions, -1),
         None if weights is None else weights.reshape(positions, -1),
         None if log_target is None else log_target.reshape(positions, -1),
-        None if labels is None or ce_weight == 0 else labels.reshape(positions),
+        None if labels is None or (ce_weight == 0 and mode != "label") else labels.reshape(positions),
     ]
     kd_parts, ce_parts = [], []
     recompute = torch.is_grad_enabled() and flat.requires_grad and per_chunk < positions
@@ -158,7 +173,7 @@ def kd_loss(
         args = [piece] + [None if x is None else x[lo:hi] for x in targets]
 
         def run(*a: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab)
+            return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab, ce=ce_weight > 0)
 
         kd, ce = checkpoint(run, *args, use_reentrant=False) if recompute else run(*args)
         kd_parts.append(kd)
@@ -230,8 +245,10 @@ def _chunk(
     temperature: float,
     beta: float,
     vocab: int,
+    ce: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position KD and CE terms ``([P], [P])`` of one chunk of ``P`` positions (``s [P, V_s]``)."""
+    """Per-position KD and CE terms ``([P], [P])`` of one chunk of ``P`` positions (``s [P, V_s]``); CE is zero
+    unless ``ce``."""
     x = s[:, :vocab].float()
     log_q1 = x - torch.logsumexp(x, dim=-1, keepdim=True)
     log_q = log_q1 if temperature == 1.0 else torch.log_softmax(x / temperature, dim=-1)
@@ -255,6 +272,9 @@ def _chunk(
         log_r = _log_tail_mass(lp).unsqueeze(-1).masked_fill(everything, NEG)
         log_q_tail = torch.logsumexp(_without(log_q, ids, mask), dim=-1, keepdim=True).masked_fill(everything, NEG)
         kd = _divergence(torch.cat([lp, log_r], dim=-1), torch.cat([lq, log_q_tail], dim=-1), kind, beta)
+    elif mode == "label":
+        assert labels is not None
+        kd = _divergence(_label_mass_target(lp, ids, mask, labels, vocab), log_q, kind, beta)
     else:  # exact: the full vocabulary, the tail mass spread uniformly over the non-stored ids
         stored = mask.sum(-1)
         log_r = _log_tail_mass(lp)
@@ -264,12 +284,27 @@ def _chunk(
         full.scatter_(-1, ids.masked_fill(~mask, vocab), lp)
         kd = _divergence(full[:, :vocab], log_q, kind, beta)
 
-    if labels is None:
-        ce = torch.zeros_like(kd)
-    else:
-        has = labels != IGNORE_INDEX
-        ce = -log_q1.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
-    return kd, ce
+    if labels is None or not ce:
+        return kd, torch.zeros_like(kd)
+    has = labels != IGNORE_INDEX
+    return kd, -log_q1.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
+
+
+def _label_mass_target(
+    lp: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, vocab: int
+) -> torch.Tensor:
+    """``[P, V]`` log of the label-mass target: stored ``lp [P, K]`` at ``ids``, plus the tail mass on the label
+    ``labels [P]``; ``NEG`` elsewhere. Positions without a label get the stored part renormalized."""
+    everything = mask.sum(-1) >= vocab
+    log_r = _log_tail_mass(lp).masked_fill(everything, NEG).unsqueeze(-1)
+    full = lp.new_full((lp.shape[0], vocab + 1), NEG)  # column `vocab` catches padding and missing labels
+    full.scatter_(-1, ids.masked_fill(~mask, vocab), lp)
+    has = (labels != IGNORE_INDEX) & (labels >= 0) & (labels < vocab)
+    slot = labels.masked_fill(~has, vocab).unsqueeze(-1)
+    full.scatter_(-1, slot, torch.logaddexp(full.gather(-1, slot), log_r))
+    target = full[:, :vocab]
+    renormed = target - torch.logsumexp(target, dim=-1, keepdim=True)
+    return torch.where(has.unsqueeze(-1), target, renormed.clamp(min=NEG))
 
 
 def _without(log_q: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
