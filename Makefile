@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench-storage lint clean
+.PHONY: test demo venv bench-storage bench-kd lint clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 bench-storage: $(STAMP)
 	$(PY) bench/storage.py
+
+# distillation quality of every cache method on the demo teacher (~30 min on 2 cores; reuses bench/out/kd_quality)
+bench-kd: $(STAMP)
+	$(PY) bench/kd_quality.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check logitstore server workers tests bench examples
