@@ -181,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_precompute)
 
-    p = sub.add_parser("demo", help="run the precompute path end to end on the Python docs (nothing downloaded)")
-    p.add_argument("--workdir", default=".demo", help="where the corpus, teacher and store go (default .demo)")
-    p.add_argument("--quick", action="store_true", help="smaller tokenizer and sequences")
+    p = sub.add_parser(
+        "demo",
+        help="the whole product on the Python docs, nothing downloaded: teacher training, two caches, the service, "
+        "CE vs KD students, reports (about 10 minutes on 2 cores)",
+    )
+    p.add_argument("--workdir", default=".demo", help="where the corpus, teacher, store and reports go (default .demo)")
+    p.add_argument("--quick", action="store_true", help="tiny models and budgets (about 2 minutes; what the tests run)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("serve", help="serve a store over REST (records, lookups, raw shards for remote loaders)")
