@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kind", choices=KINDS, default="forward_kl")
-    p.add_argument("--tail", choices=TAILS, default="ghost")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--tail", choices=TAILS, help="divergences and nkd only (default ghost)")
+    p.add_argument("--temperature", type=float, help="default 1; sel takes none")
     p.add_argument("--ce-weight", type=float, default=0.0)
     args = p.parse_args(argv)
 

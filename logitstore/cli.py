@@ -81,6 +81,9 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
             proposal_temperature=args.proposal_temperature,
             seed=args.seed,
             encoding=args.encoding,
+            label_logprob=False if args.no_label_logprob else None,
+            logit_stats=args.logit_stats,
+            teacher=args.teacher,
         )
         config = PrecomputeConfig(
             teacher=args.teacher,
@@ -157,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["compact", "lossless"],
         default="compact",
         help="compact: 16-bit logprobs within 0.02 nats (default); lossless: float32",
+    )
+    p.add_argument(
+        "--no-label-logprob",
+        action="store_true",
+        help="do not store the teacher's logprob of each next token (stored by default for language models; the "
+        "label-mass tail, NKD and the sampled-label losses need it; ~1-2 bytes/token)",
+    )
+    p.add_argument(
+        "--logit-stats",
+        action="store_true",
+        help="also store the mean and std of the raw logits per position (logit-standardized KD; ~8 bytes/token)",
     )
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
     p.add_argument("--no-pack", action="store_true", help="one document per sequence, truncated, instead of packing")

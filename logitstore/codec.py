@@ -7,7 +7,10 @@ that a byte-shuffling zstd stage compresses well:
   id; in ``rank`` order (topk, topp) the ids themselves. Not stored for dense (they are ``0..V-1``).
 - ``logprobs``: lossless float32, or ``q16`` codes ``round(-logprob / step)``; in ``rank`` order the codes are
   non-decreasing within a position, so they are stored as gaps too. Code 65535 is ``-inf``.
-- ``counts`` (uint16, sample), ``nnz`` (uint32), ``input_ids`` (int32), ``lse`` / ``proposal_lse`` (float32).
+- ``counts`` (uint16, sample), ``nnz`` (uint32), ``input_ids`` (int32), ``lse`` / ``proposal_lse`` /
+  ``logit_mean`` / ``logit_std`` (float32).
+- ``label_logprob``: like logprobs (q16 codes or float32), one per position except each sequence's last (whose
+  label does not exist and which decodes to NaN).
 
 Everything but q16 logprobs round-trips exactly; q16 logprobs are within the spec's ``error_bound``.
 """
@@ -45,6 +48,9 @@ class Columns:
     logprobs: np.ndarray  # [E] uint16 (q16) or float32
     counts: np.ndarray | None  # [E] uint16 (sample)
     proposal_lse: np.ndarray | None  # [P] float32
+    label_logprob: np.ndarray | None = None  # [P - n] uint16 (q16) or float32: every position but the last of each
+    logit_mean: np.ndarray | None = None  # [P] float32
+    logit_std: np.ndarray | None = None  # [P] float32
     kept_mass_sum: float = 0.0  # sum over positions of the stored teacher mass (set by encode)
 
     def __len__(self) -> int:
@@ -73,6 +79,9 @@ class Columns:
             logprobs=self.logprobs[c:d],
             counts=cut(self.counts, c, d),
             proposal_lse=cut(self.proposal_lse, a, b),
+            label_logprob=cut(self.label_logprob, a - start, b - stop),
+            logit_mean=cut(self.logit_mean, a, b),
+            logit_std=cut(self.logit_std, a, b),
         )
 
 
@@ -154,6 +163,13 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
             if spec.has_proposal_lse
             else None
         ),
+        label_logprob=(
+            _q16_encode(_cat([r.label_logprob[:-1] for r in records], np.float32), spec)  # type: ignore[index]
+            if spec.label_logprob
+            else None
+        ),
+        logit_mean=_cat([r.logit_mean for r in records], np.float32) if spec.logit_stats else None,  # type: ignore[misc]
+        logit_std=_cat([r.logit_std for r in records], np.float32) if spec.logit_stats else None,  # type: ignore[misc]
     )
     cols.kept_mass_sum = float(mass.sum())
     return cols
@@ -169,6 +185,7 @@ def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
         ids = _decode_ids(cols.ids, seg, spec)  # type: ignore[arg-type]
     logprobs = _decode_logprobs(cols.logprobs, seg, spec)
     counts = None if cols.counts is None else cols.counts.astype(np.int32)
+    labels = None if cols.label_logprob is None else _decode_labels(cols.label_logprob, cols.lengths, spec)
     tok = np.concatenate([[0], np.cumsum(cols.lengths)])
     ent = np.concatenate([[0], np.cumsum(cols.num_entries)])
     inp = np.concatenate([[0], np.cumsum(cols.input_lengths)])
@@ -186,6 +203,9 @@ def decode(cols: Columns, spec: Spec, vocab_size: int) -> list[Record]:
                 logprobs=logprobs[c:d],
                 counts=None if counts is None else counts[c:d],
                 proposal_lse=None if cols.proposal_lse is None else cols.proposal_lse[a:b],
+                label_logprob=None if labels is None else labels[a:b],
+                logit_mean=None if cols.logit_mean is None else cols.logit_mean[a:b],
+                logit_std=None if cols.logit_std is None else cols.logit_std[a:b],
             )
         )
     return out
@@ -221,11 +241,23 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
             f"{where}: counts are {'missing' if spec.has_counts else 'given'}, but method {spec.method!r} "
             f"{'needs' if spec.has_counts else 'has no'} counts"
         )
-    if spec.has_proposal_lse != (r.proposal_lse is not None):
-        raise InvalidInputError(
-            f"{where}: proposal_lse is {'missing' if spec.has_proposal_lse else 'given'}; it is stored exactly "
-            "when method is 'sample' with proposal_temperature != 1"
-        )
+    for name, wanted, when in (
+        ("proposal_lse", spec.has_proposal_lse, "method is 'sample' with proposal_temperature != 1"),
+        ("label_logprob", spec.label_logprob, "the spec has label_logprob=True"),
+        ("logit_mean", spec.logit_stats, "the spec has logit_stats=True"),
+        ("logit_std", spec.logit_stats, "the spec has logit_stats=True"),
+    ):
+        value = getattr(r, name)
+        if wanted != (value is not None):
+            raise InvalidInputError(
+                f"{where}: {name} is {'missing' if wanted else 'given'}; it is stored exactly when {when}"
+            )
+        if value is not None and value.shape != (t,):
+            raise InvalidInputError(f"{where}: {name} has shape {value.shape}, expected ({t},) like lse")
+    if r.label_logprob is not None:
+        _check_labels(r, where)
+    if r.logit_std is not None and not (np.all(np.isfinite(r.logit_mean)) and np.all(r.logit_std >= 0)):  # type: ignore[arg-type]
+        raise InvalidInputError(f"{where}: logit_mean must be finite and logit_std finite and >= 0")
     if r.counts is not None and r.counts.shape != r.ids.shape:
         raise InvalidInputError(f"{where}: counts {r.counts.shape} and ids {r.ids.shape} differ in length")
     if np.isnan(r.lse).any():
@@ -244,6 +276,24 @@ def _check_record(r: Record, spec: Spec, vocab_size: int) -> None:
         if not np.all(sums == n):
             bad = int(np.flatnonzero(sums != n)[0])
             raise InvalidInputError(f"{where}: counts at position {bad} sum to {int(sums[bad])}, expected n={n}")
+
+
+def _check_labels(r: Record, where: str) -> None:
+    label = r.label_logprob
+    assert label is not None
+    if len(r.input_ids) != len(r):
+        raise InvalidInputError(
+            f"{where}: label_logprob is for language-model records (one position per input token); a classifier "
+            "record has no next token: build its spec with label_logprob=False"
+        )
+    if not np.isnan(label[-1]):
+        raise InvalidInputError(f"{where}: label_logprob at the last position must be NaN (no token follows it)")
+    inner = label[:-1]
+    if np.isnan(inner).any() or (inner.size and not (inner.max() <= 1e-3)):
+        raise InvalidInputError(
+            f"{where}: label_logprob must be a log-probability (<= 0, not NaN) at every position but the last; it "
+            "is logits[t, input_ids[t + 1]] - lse[t]"
+        )
 
 
 def _check_entries(
@@ -379,6 +429,14 @@ def _decode_ids(stored: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
 
 
 def _encode_logprobs(logprobs: np.ndarray, seg: Segments, spec: Spec) -> np.ndarray:
+    codes = _q16_encode(logprobs, spec)
+    if spec.entry_order == "rank" and not spec.encoding.lossless:
+        return seg.delta(codes)  # non-decreasing within a position, so uint16 gaps never wrap
+    return codes
+
+
+def _q16_encode(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
+    """``[E]`` logprobs -> q16 codes (uint16), or float32 for the lossless encoding."""
     if spec.encoding.lossless:
         return logprobs.astype(np.float32)
     scaled = logprobs.astype(np.float64)
@@ -387,8 +445,6 @@ def _encode_logprobs(logprobs: np.ndarray, seg: Segments, spec: Spec) -> np.ndar
     np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
     codes = scaled.astype(np.uint16)
     codes[np.isneginf(logprobs)] = Q16_NEG_INF
-    if spec.entry_order == "rank":
-        return seg.delta(codes)  # non-decreasing within a position, so uint16 gaps never wrap
     return codes
 
 
@@ -405,5 +461,20 @@ def _decode_logprobs(stored: np.ndarray, seg: Segments, spec: Spec) -> np.ndarra
         return stored.astype(np.float32, copy=False)
     # uint16 codes: the cumulative sum in uint16 keeps the table look-up's index small (faster np.take)
     codes = seg.undelta(stored, np.uint16) if spec.entry_order == "rank" else stored
+    return _q16_decode(codes, spec)
+
+
+def _q16_decode(codes: np.ndarray, spec: Spec) -> np.ndarray:
+    if spec.encoding.lossless:
+        return codes.astype(np.float32, copy=False)
     # np.take with mode="wrap" (codes are uint16, always in range) skips bounds checks: ~2x fancy indexing
     return np.take(_q16_table(quant_step(spec)), codes, mode="wrap")
+
+
+def _decode_labels(stored: np.ndarray, lengths: np.ndarray, spec: Spec) -> np.ndarray:
+    """Stored label logprobs (every position but each sequence's last) -> ``[P] float32`` with NaN at the ends."""
+    out = np.full(int(lengths.sum()), np.nan, dtype=np.float32)
+    has_label = np.ones(len(out), dtype=bool)
+    has_label[np.cumsum(lengths) - 1] = False
+    out[has_label] = _q16_decode(stored, spec)
+    return out

@@ -17,6 +17,10 @@ target_counts       [B, T, K] int32 ``sample`` caches only: draws per id (0 wher
 target_mask         [B, T, K] bool  which entries are real
 lse                 [B, T] f32      teacher log-sum-exp per position (0 on padding)
 proposal_lse        [B, T] f32      ``sample`` caches with a proposal temperature != 1 only
+label_logprob       [B, T] f32      caches with ``label_logprob``: teacher logprob of ``labels`` (NaN where a
+                                    position has no label)
+logit_mean          [B, T] f32      caches with ``logit_stats``: mean of the teacher's raw logits
+logit_std           [B, T] f32      caches with ``logit_stats``: their standard deviation (1 on padding)
 position_mask       [B, T] bool     positions that hold a teacher distribution
 seq_ids             [B] int64       which sequences these are
 spec                Spec            how the cache was built (the loss reads method, n, temperatures)
@@ -117,6 +121,12 @@ def collate(
     if spec.has_proposal_lse:
         plse = [r.proposal_lse for r in records]
         batch["proposal_lse"] = torch.from_numpy(_pad_rows(plse, lengths, t, 0.0, np.float32))  # type: ignore[arg-type]
+    if spec.label_logprob:
+        labels_lp = [r.label_logprob for r in records]
+        batch["label_logprob"] = torch.from_numpy(_pad_rows(labels_lp, lengths, t, np.nan, np.float32))  # type: ignore[arg-type]
+    if spec.logit_stats:
+        batch["logit_mean"] = torch.from_numpy(_pad_rows([r.logit_mean for r in records], lengths, t, 0.0, np.float32))  # type: ignore[misc]
+        batch["logit_std"] = torch.from_numpy(_pad_rows([r.logit_std for r in records], lengths, t, 1.0, np.float32))  # type: ignore[misc]
     batch["position_mask"] = torch.from_numpy(position_mask)
     batch["seq_ids"] = torch.tensor([r.seq_id for r in records], dtype=torch.int64)
     batch["spec"] = spec

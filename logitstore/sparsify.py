@@ -14,7 +14,7 @@ order; a one-row chunk is computed as two identical rows instead). Ties at top-k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,6 +40,10 @@ class SparseLogits:
         counts: ``[E] int32`` draws that hit each id (``sample`` only, else None).
         proposal_lse: ``[N] float32`` log-sum-exp of ``logits / proposal_temperature`` (``sample`` with a
             proposal temperature other than 1, else None).
+        label_logprob: ``[N] float32`` log-probability of each position's label, NaN where it has none (spec
+            ``label_logprob``, else None).
+        logit_mean, logit_std: ``[N] float32`` mean and standard deviation (Bessel-corrected, as ``torch.std``)
+            of the finite raw logits (spec ``logit_stats``, else None).
     """
 
     lse: torch.Tensor
@@ -48,17 +52,17 @@ class SparseLogits:
     logprobs: torch.Tensor
     counts: torch.Tensor | None = None
     proposal_lse: torch.Tensor | None = None
+    label_logprob: torch.Tensor | None = None
+    logit_mean: torch.Tensor | None = None
+    logit_std: torch.Tensor | None = None
 
     def numpy(self) -> dict[str, np.ndarray | None]:
         """Host copies with the storage dtypes (``nnz`` as int32)."""
-        return {
-            "lse": self.lse.cpu().numpy(),
-            "nnz": self.nnz.to(torch.int32).cpu().numpy(),
-            "ids": self.ids.cpu().numpy(),
-            "logprobs": self.logprobs.cpu().numpy(),
-            "counts": None if self.counts is None else self.counts.cpu().numpy(),
-            "proposal_lse": None if self.proposal_lse is None else self.proposal_lse.cpu().numpy(),
-        }
+        out: dict[str, np.ndarray | None] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = None if value is None else (value.to(torch.int32) if name == "nnz" else value).cpu().numpy()
+        return out
 
 
 def sparsify(
@@ -67,12 +71,14 @@ def sparsify(
     *,
     streams: torch.Tensor | None = None,
     positions: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> SparseLogits:
     """Apply ``spec`` to ``logits [N, V]`` (any float dtype, any device).
 
     ``streams [N, 2]`` and ``positions [N]`` (see :func:`logitstore.rng.position_streams`) are required by the
-    ``sample`` method and ignored otherwise.
+    ``sample`` method and ignored otherwise. ``labels [N]`` (int, -1 where a position has none: the last of a
+    sequence) are the tokens that follow each position, required when the spec stores ``label_logprob``.
     """
     if logits.ndim != 2 or not logits.is_floating_point():
         raise InvalidInputError(
@@ -88,6 +94,17 @@ def sparsify(
                 f"streams must be [{n_rows}, 2] and positions [{n_rows}], got {tuple(streams.shape)} and "
                 f"{tuple(positions.shape)}"
             )
+    if spec.label_logprob:
+        if labels is None or labels.shape != (n_rows,):
+            got = "none" if labels is None else f"shape {tuple(labels.shape)}"
+            raise InvalidInputError(
+                f"the spec stores label_logprob, so sparsify needs labels [{n_rows}] (the next token of each "
+                f"position, -1 at a sequence's last), got {got}"
+            )
+        if labels.numel() and int(labels.max()) >= vocab:
+            raise InvalidInputError(f"labels must be < the {vocab} logits, got {int(labels.max())}")
+    else:
+        labels = None
     if streams is None or positions is None:  # unused by the deterministic methods
         streams = positions = torch.zeros((n_rows, 2), dtype=torch.int64, device=logits.device)
         positions = positions[:, 0]
@@ -96,19 +113,54 @@ def sparsify(
     for start in range(0, n_rows, rows):
         stop = min(start + rows, n_rows)
         z = logits[start:stop].float()
+        lab = None if labels is None else labels[start:stop]
         if stop - start == 1:
             # torch splits a lone row's reduction across threads, changing its bits: compute two copies instead
-            two = _apply(z.expand(2, -1), spec, streams[start:stop].expand(2, -1), positions[start:stop].expand(2))
+            lab2 = None if lab is None else lab.expand(2)
+            two = _apply(
+                z.expand(2, -1), spec, streams[start:stop].expand(2, -1), positions[start:stop].expand(2), lab2
+            )
             parts.append(_first_row(two))
         else:
-            parts.append(_apply(z, spec, streams[start:stop], positions[start:stop]))
+            parts.append(_apply(z, spec, streams[start:stop], positions[start:stop], lab))
     if not parts:
         parts.append(_empty(logits.device, spec))
     return _concat(parts)
 
 
-def _apply(z: torch.Tensor, spec: Spec, streams: torch.Tensor, positions: torch.Tensor) -> SparseLogits:
-    """One chunk ``z [R, V] float32`` through the spec's method."""
+def _apply(
+    z: torch.Tensor, spec: Spec, streams: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor | None
+) -> SparseLogits:
+    """One chunk ``z [R, V] float32`` through the spec's method, plus the optional per-position fields."""
+    out = _method(z, spec, streams, positions)
+    extra: dict[str, torch.Tensor] = {}
+    if labels is not None:
+        extra["label_logprob"] = _label_logprob(z, out.lse, labels)
+    if spec.logit_stats:
+        extra["logit_mean"], extra["logit_std"] = _logit_stats(z)
+    return replace(out, **extra) if extra else out
+
+
+def _label_logprob(z: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[R]``: ``z[t, labels[t]] - lse[t]`` (the same float32 arithmetic as the stored logprobs), NaN where
+    ``labels[t] < 0``."""
+    has = labels >= 0
+    picked = z.gather(-1, labels.clamp(min=0).long()[:, None]).squeeze(-1) - lse
+    return torch.where(has, picked, torch.full_like(picked, float("nan")))
+
+
+def _logit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[R]`` mean and Bessel-corrected standard deviation of each row's finite logits, accumulated in float64
+    (so the result does not depend on the summation order)."""
+    finite = torch.isfinite(z)
+    count = finite.sum(dim=-1).double()
+    zz = torch.where(finite, z, torch.zeros_like(z)).double()
+    mean = zz.sum(dim=-1) / count.clamp(min=1)
+    var = (torch.square(zz - mean[:, None]) * finite).sum(dim=-1) / (count - 1).clamp(min=1)
+    return mean.float(), torch.sqrt(var).float()
+
+
+def _method(z: torch.Tensor, spec: Spec, streams: torch.Tensor, positions: torch.Tensor) -> SparseLogits:
     if spec.method == "dense":
         return _dense(z)
     if spec.method == "sample":
@@ -134,6 +186,9 @@ def _first_row(out: SparseLogits) -> SparseLogits:
         logprobs=out.logprobs[:first],
         counts=head(out.counts, first),
         proposal_lse=head(out.proposal_lse, 1),
+        label_logprob=head(out.label_logprob, 1),
+        logit_mean=head(out.logit_mean, 1),
+        logit_std=head(out.logit_std, 1),
     )
 
 
@@ -236,6 +291,9 @@ def _empty(device: torch.device, spec: Spec) -> SparseLogits:
         logprobs=f,
         counts=torch.zeros(0, dtype=torch.int32, device=device) if spec.has_counts else None,
         proposal_lse=f if spec.has_proposal_lse else None,
+        label_logprob=f if spec.label_logprob else None,
+        logit_mean=f if spec.logit_stats else None,
+        logit_std=f if spec.logit_stats else None,
     )
 
 

@@ -97,6 +97,12 @@ class Spec:
     - ``topp``: smallest prefix of the sorted distribution reaching mass ``p``, clamped to ``[k_min, k]``.
     - ``sample``: ``n`` draws with replacement from ``q ∝ exp(z / proposal_temperature)``; unique ids + counts.
     - ``dense``: every logprob.
+
+    Optional per-position fields (ARCHITECTURE §2), each stored only when its flag is set:
+
+    - ``label_logprob``: the teacher's log-probability of the token that actually follows (language models; what
+      the label-mass tail, NKD and the sampled-label losses need). The precompute job sets it by default.
+    - ``logit_stats``: ``logit_mean`` and ``logit_std`` of the raw logits (for logit-standardized KD).
     """
 
     method: Method
@@ -107,6 +113,8 @@ class Spec:
     proposal_temperature: float = 1.0
     seed: int = 0
     encoding: Encoding = field(default_factory=lambda: COMPACT)
+    label_logprob: bool = False
+    logit_stats: bool = False
 
     def __post_init__(self) -> None:
         m = self.method
@@ -146,6 +154,9 @@ class Spec:
             t = self.proposal_temperature
             if not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0):
                 raise InvalidInputError(f"proposal_temperature must be a finite number > 0, got {t!r}")
+        for flag in ("label_logprob", "logit_stats"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidInputError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if not isinstance(self.encoding, Encoding):
             object.__setattr__(self, "encoding", parse_encoding(self.encoding))
 
@@ -192,10 +203,13 @@ class Spec:
             "sample": f"n={self.n}, proposal_temperature={self.proposal_temperature}",
             "dense": "",
         }[self.method]
-        return f"{self.method}({params})"
+        fields = [name for name in ("label_logprob", "logit_stats") if getattr(self, name)]
+        return f"{self.method}({params})" + "".join(f" +{name}" for name in fields)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
+        # The optional-field flags are written only when set, so specs without them (and manifests written before
+        # they existed) have one form; from_dict reads a missing flag as False.
+        d = {k: v for k, v in asdict(self).items() if v is not None and v is not False}
         d["encoding"] = self.encoding.to_dict()
         return d
 

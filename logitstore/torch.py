@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from logitstore.align import TokenizerAligner
 from logitstore.collate import collate
 from logitstore.compat import check_student
 from logitstore.dataset import Dataset, open_dataset
@@ -87,6 +88,11 @@ class LogitDataset(torch.utils.data.IterableDataset):
             row group is decoded once per epoch; an estimate of one row group for manifests that do not).
         pad_token_id: default: the tokenizer's pad id, else 0.
         verify: check every shard's sha256 before its first read.
+        student_tokenizer, teacher_tokenizer: a student with another tokenizer (cross-tokenizer distillation, ULD
+            only): each batch is re-tokenized and its positions paired with the teacher's
+            (:class:`logitstore.align.TokenizerAligner`); the tokenizer and vocabulary checks are skipped, and every
+            loss but ``uld`` refuses such batches. ``teacher_tokenizer`` defaults to the directory the manifest
+            names.
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class LogitDataset(torch.utils.data.IterableDataset):
         pad_token_id: int | None = None,
         verify: bool = False,
         api_key: str | None = None,
+        student_tokenizer: Any = None,
+        teacher_tokenizer: Any = None,
     ):
         super().__init__()
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -123,12 +131,20 @@ class LogitDataset(torch.utils.data.IterableDataset):
         self._pid = os.getpid()
         manifest = self._dataset.manifest
         self.manifest = manifest
+        self._aligner: TokenizerAligner | None = None
+        if student_tokenizer is not None:  # cross-tokenizer: ids are not comparable, so neither check applies
+            if tokenizer is not None or student_vocab_size is not None:
+                raise InvalidInputError(
+                    "student_tokenizer= is for a student with another tokenizer (ULD only); do not also pass "
+                    "tokenizer= or student_vocab_size=, which check a student that shares the teacher's ids"
+                )
+            self._aligner = TokenizerAligner(manifest, student_tokenizer, teacher_tokenizer=teacher_tokenizer)
         self.vocab_size = check_student(
             manifest,
             vocab_size=student_vocab_size,
             tokenizer=tokenizer,
             seq_len=seq_len,
-            check_tokenizer=check_tokenizer,
+            check_tokenizer=check_tokenizer and student_tokenizer is None,
         )
         self.batch_size = batch_size
         self.shuffle, self.seed, self.shuffle_window = shuffle, int(seed), shuffle_window
@@ -247,14 +263,16 @@ class LogitDataset(torch.utils.data.IterableDataset):
             yield item
 
     def collate(self, records: Sequence[Record]) -> dict[str, Any]:
-        """Records of this cache -> one padded batch (:func:`logitstore.collate.collate`)."""
-        return collate(
+        """Records of this cache -> one padded batch (:func:`logitstore.collate.collate`), re-tokenized for the
+        student when it has another tokenizer (:class:`logitstore.align.TokenizerAligner`)."""
+        batch = collate(
             records,
             spec=self.manifest.spec,
             vocab_size=self.vocab_size,
             pad_token_id=self.pad_token_id,
             cache_vocab_size=self.manifest.vocab_size,
         )
+        return batch if self._aligner is None else self._aligner(batch)
 
     # -- resume ------------------------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Both carry the logical record of ARCHITECTURE §2, decoded (ids int32, logprobs float32, counts int32), one row
 per sequence with list columns, so a client gets exactly what ``open_dataset`` returns on disk. In JSON the key is
-32 hex digits and ``-inf`` logprobs (masked teacher logits) are ``null``, since JSON has no infinities.
+32 hex digits and ``-inf`` logprobs (masked teacher logits) are ``null``, since JSON has no infinities; so is
+``label_logprob`` at a sequence's last position (NaN: no token follows it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _LISTS = {
     "logprobs": pa.float32(),
     "counts": pa.int32(),
     "proposal_lse": pa.float32(),
+    "label_logprob": pa.float32(),
+    "logit_mean": pa.float32(),
+    "logit_std": pa.float32(),
 }
 
 
@@ -63,10 +67,6 @@ def _batch(records: Sequence[Record], schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _nbytes(record: Record) -> int:
-    return sum(getattr(record, name).nbytes for name in _LISTS if getattr(record, name) is not None)
-
-
 def records_to_arrow_batches(records: Sequence[Record]) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     """The schema and record batches of :func:`records_to_arrow`: consecutive records grouped into batches of about
     :data:`BATCH_BYTES`; a record that large is a batch of its own, whose arrays are wrapped, not copied."""
@@ -76,7 +76,7 @@ def records_to_arrow_batches(records: Sequence[Record]) -> tuple[pa.Schema, list
     size = 0
     for record in records:
         group.append(record)
-        size += _nbytes(record)
+        size += record.nbytes
         if size >= BATCH_BYTES:
             batches.append(_batch(group, schema))
             group, size = [], 0
@@ -119,11 +119,20 @@ def records_from_arrow(data: bytes) -> list[Record]:
     return out
 
 
+def _nullable(values: np.ndarray) -> list[float | None]:
+    """Floats as a JSON list, non-finite values (``-inf``, NaN) as ``None``."""
+    out: list[float | None] = values.astype(np.float64).tolist()
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        out[i] = None
+    return out
+
+
+def _optional(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else values.tolist()
+
+
 def record_to_json(record: Record) -> dict[str, Any]:
-    """A JSON-serializable dict (``-inf`` logprobs become ``None``)."""
-    logprobs: list[float | None] = record.logprobs.astype(np.float64).tolist()
-    for i in np.flatnonzero(np.isneginf(record.logprobs)).tolist():
-        logprobs[i] = None
+    """A JSON-serializable dict (``-inf`` logprobs and the last position's NaN label_logprob become ``None``)."""
     return {
         "seq_id": record.seq_id,
         "key": record.key.hex(),
@@ -131,16 +140,27 @@ def record_to_json(record: Record) -> dict[str, Any]:
         "lse": record.lse.tolist(),
         "nnz": record.nnz.tolist(),
         "ids": record.ids.tolist(),
-        "logprobs": logprobs,
-        "counts": None if record.counts is None else record.counts.tolist(),
-        "proposal_lse": None if record.proposal_lse is None else record.proposal_lse.tolist(),
+        "logprobs": _nullable(record.logprobs),
+        "counts": _optional(record.counts),
+        "proposal_lse": _optional(record.proposal_lse),
+        "label_logprob": None if record.label_logprob is None else _nullable(record.label_logprob),
+        "logit_mean": _optional(record.logit_mean),
+        "logit_std": _optional(record.logit_std),
     }
 
 
 def record_from_json(data: dict[str, Any]) -> Record:
     """Inverse of :func:`record_to_json`."""
+
+    def floats(name: str) -> np.ndarray | None:
+        return None if data.get(name) is None else np.asarray(data[name], dtype=np.float32)
+
     try:
         logprobs = np.array([-np.inf if v is None else v for v in data["logprobs"]], dtype=np.float32)
+        label = data.get("label_logprob")
+        if label is not None:  # null is NaN at the last position (no label), -inf elsewhere
+            last = len(label) - 1
+            label = [(np.nan if i == last else -np.inf) if v is None else v for i, v in enumerate(label)]
         return Record(
             seq_id=int(data["seq_id"]),
             key=bytes.fromhex(data["key"]),
@@ -150,9 +170,10 @@ def record_from_json(data: dict[str, Any]) -> Record:
             ids=np.asarray(data["ids"], dtype=np.int32),
             logprobs=logprobs,
             counts=None if data.get("counts") is None else np.asarray(data["counts"], dtype=np.int32),
-            proposal_lse=(
-                None if data.get("proposal_lse") is None else np.asarray(data["proposal_lse"], dtype=np.float32)
-            ),
+            proposal_lse=floats("proposal_lse"),
+            label_logprob=None if label is None else np.asarray(label, dtype=np.float32),
+            logit_mean=floats("logit_mean"),
+            logit_std=floats("logit_std"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidInputError(f"not a JSON record: {type(exc).__name__}: {exc}") from None

@@ -57,6 +57,11 @@ class RecordOut(BaseModel):
     logprobs: list[float | None]
     counts: list[int] | None = None
     proposal_lse: list[float] | None = None
+    label_logprob: list[float | None] | None = Field(
+        None, description="teacher logprob of the next token; null at the last position (none follows)"
+    )
+    logit_mean: list[float] | None = None
+    logit_std: list[float] | None = None
 
 
 class RecordList(BaseModel):

@@ -30,8 +30,15 @@ def sparse_record(
     key = content_key(input_ids)
     streams, positions = position_streams(spec.seed, [key], [len(input_ids)])
     kwargs = {} if chunk_elements is None else {"chunk_elements": chunk_elements}
+    if spec.label_logprob:
+        kwargs["labels"] = next_tokens(input_ids)
     sparse = sparsify(logits, spec, streams=streams, positions=positions, **kwargs).numpy()
     return Record(seq_id=seq_id, key=key, input_ids=input_ids, **sparse)  # type: ignore[arg-type]
+
+
+def next_tokens(input_ids: np.ndarray) -> torch.Tensor:
+    """``[T] int64`` label of each position: the following token, -1 at the last."""
+    return torch.from_numpy(np.append(np.asarray(input_ids, dtype=np.int64)[1:], -1))
 
 
 def synthetic_record(
@@ -77,6 +84,12 @@ def synthetic_record(
             cuts = np.sort(rng.choice(np.arange(1, spec.n), size=k - 1, replace=False)) if k > 1 else np.array([], int)
             count_parts.append(np.diff(np.concatenate([[0], cuts, [spec.n]])))
     lse = rng.normal(10, 3, size=length).astype(np.float32)
+    label = None
+    if spec.label_logprob:
+        label = -rng.exponential(3.0, size=length).clip(max=40)
+        if neg_inf:
+            label[rng.random(length) < 0.05] = -np.inf
+        label[-1] = np.nan
     return Record(
         seq_id=seq_id,
         key=content_key(input_ids),
@@ -87,6 +100,9 @@ def synthetic_record(
         logprobs=np.concatenate(lp_parts).astype(np.float32),
         counts=np.concatenate(count_parts).astype(np.int32) if m == "sample" else None,
         proposal_lse=(lse * 0.5).astype(np.float32) if spec.has_proposal_lse else None,
+        label_logprob=None if label is None else label.astype(np.float32),
+        logit_mean=rng.normal(0, 2, size=length).astype(np.float32) if spec.logit_stats else None,
+        logit_std=rng.uniform(0.5, 4, size=length).astype(np.float32) if spec.logit_stats else None,
     )
 
 

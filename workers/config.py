@@ -13,7 +13,18 @@ from logitstore.errors import InvalidInputError
 from logitstore.manifest import parse_backend
 from logitstore.spec import Encoding, Spec, parse_encoding
 
-SPEC_KEYS = ("method", "k", "p", "k_min", "n", "proposal_temperature", "seed", "encoding")
+SPEC_KEYS = (
+    "method",
+    "k",
+    "p",
+    "k_min",
+    "n",
+    "proposal_temperature",
+    "seed",
+    "encoding",
+    "label_logprob",
+    "logit_stats",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,9 +115,23 @@ def make_spec(
     proposal_temperature: float | None = None,
     seed: int = 0,
     encoding: str | Encoding | dict[str, Any] = "compact",
+    label_logprob: bool | None = None,
+    logit_stats: bool = False,
+    teacher: str | None = None,
 ) -> Spec:
-    """A :class:`Spec` from flat options, as the CLI and config files give them (None = not given)."""
-    kwargs: dict[str, Any] = {"method": method, "seed": seed, "encoding": parse_encoding(encoding)}
+    """A :class:`Spec` from flat options, as the CLI and config files give them (None = not given).
+
+    ``label_logprob`` defaults to True for a language-model teacher and False for a classifier (``teacher`` given
+    as ``module:factory``), which has no next token."""
+    if label_logprob is None:
+        label_logprob = teacher is None or not _is_classifier(teacher)
+    kwargs: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "encoding": parse_encoding(encoding),
+        "label_logprob": label_logprob,
+        "logit_stats": logit_stats,
+    }
     for name, value in (("k", k), ("p", p), ("k_min", k_min), ("n", n)):
         if value is not None:
             kwargs[name] = value
@@ -141,7 +166,25 @@ def config_from_mapping(data: dict[str, Any], *, source: str = "config") -> Prec
     for required in ("teacher", "data", "out"):
         if required not in data:
             raise InvalidInputError(f"{source} is missing the required option {required!r}")
-    return PrecomputeConfig(spec=make_spec(**spec_data), **data)
+    return PrecomputeConfig(spec=make_spec(**spec_data, teacher=data["teacher"]), **data)
+
+
+def teacher_kind(teacher: str) -> str:
+    """``hf`` for a model directory, ``classifier`` for ``module:factory``."""
+    if Path(teacher).exists():
+        return "hf"
+    if ":" in teacher and not teacher.startswith(("/", ".")):
+        return "classifier"
+    raise InvalidInputError(
+        f"teacher {teacher!r} does not exist: pass a local Hugging Face model directory or module:factory"
+    )
+
+
+def _is_classifier(teacher: str) -> bool:
+    try:
+        return teacher_kind(teacher) == "classifier"
+    except InvalidInputError:  # a missing teacher is reported, with its fix, by the job's input checks
+        return False
 
 
 def load_config_file(path: str | Path) -> PrecomputeConfig:

@@ -143,6 +143,11 @@ def _check_inputs(config: PrecomputeConfig, root: Path) -> dict[str, Any]:
             f"a complete dataset already exists at {root}; pass --overwrite to replace it, or choose another --out"
         )
     kind = teacher_kind(config.teacher)
+    if kind == "classifier" and config.spec.label_logprob:
+        raise InvalidInputError(
+            f"label_logprob is the teacher's logprob of the next token, which a classifier ({config.teacher}) "
+            "does not have; set label_logprob=False (--no-label-logprob)"
+        )
     detect_format(Path(config.data))
     if kind == "hf":
         model_config = read_model_config(Path(config.teacher))

@@ -119,12 +119,15 @@ def _batch_records(
     audited = [audit_positions(spec.seed, key, tokens.shape[1], audit_fraction) for key in keys]
     audit_parts: list[list[AuditRows]] = [[] for _ in seq_ids]
     b = len(seq_ids)
+    # the label of position t is the token that follows it; the last position has none (-1)
+    next_tokens = torch.cat([input_ids[:, 1:], torch.full((b, 1), -1, dtype=torch.int64)], dim=1)
     for t0, t1, logits in teacher.logit_chunks(input_ids, mask, chunk):
         # One sparsify call for the whole chunk (rows are independent, so this equals per-sequence calls).
         c = t1 - t0
         flat = logits.reshape(b * c, -1)
         streams, positions = position_streams(spec.seed, keys, [c] * b, device=logits.device)
-        result = sparsify(flat, spec, streams=streams, positions=positions + t0)
+        labels = next_tokens[:, t0:t1].reshape(-1).to(logits.device) if spec.label_logprob else None
+        result = sparsify(flat, spec, streams=streams, positions=positions + t0, labels=labels)
         if audit_fraction > 0:
             _audit_rows(flat, result.lse, audited, t0, t1, audit_parts)
         sparse = result.numpy()
@@ -181,7 +184,7 @@ def _audit_rows(
         start += len(p)
 
 
-_PER_POSITION = ("lse", "nnz", "proposal_lse")
+_PER_POSITION = ("lse", "nnz", "proposal_lse", "label_logprob", "logit_mean", "logit_std")
 
 
 def _cat(values: list[np.ndarray | None]) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from logitstore.errors import InvalidInputError
+from logitstore.workers.config import teacher_kind
 
 
 def default_device() -> torch.device:
@@ -178,17 +179,6 @@ def _state_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def teacher_kind(teacher: str) -> str:
-    """``hf`` for a model directory, ``classifier`` for ``module:factory``."""
-    if Path(teacher).exists():
-        return "hf"
-    if ":" in teacher and not teacher.startswith(("/", ".")):
-        return "classifier"
-    raise InvalidInputError(
-        f"teacher {teacher!r} does not exist: pass a local Hugging Face model directory or module:factory"
-    )
 
 
 def load_teacher(teacher: str, *, device: torch.device | None = None) -> Teacher:

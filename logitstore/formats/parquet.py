@@ -19,7 +19,7 @@ from logitstore.errors import CorruptShardError
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
 from logitstore.fs import is_local
 
-_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse")
+_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse", "logit_mean", "logit_std")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _KEY_TYPE = pa.binary(16)
 ZSTD_LEVEL = 1
@@ -44,6 +44,8 @@ class ParquetShardWriter(ShardWriter):
             values = getattr(cols, name)
             if values is not None:
                 arrays[name] = _list(ent_off, values)
+        if cols.label_logprob is not None:  # every position but the last of each sequence
+            arrays["label_logprob"] = _list(_offsets(cols.lengths - 1, np.int64), cols.label_logprob)
         # Nothing is ever null: non-nullable fields spare Parquet a definition level per value (~15% faster reads).
         table = pa.table(arrays, schema=pa.schema([pa.field(n, a.type, nullable=False) for n, a in arrays.items()]))
         if self._writer is None:
@@ -173,6 +175,9 @@ def _table_to_columns(table: pa.Table) -> Columns:
         logprobs=logprobs,  # type: ignore[arg-type]
         counts=_list_values(table, "counts")[0],
         proposal_lse=_list_values(table, "proposal_lse")[0],
+        label_logprob=_list_values(table, "label_logprob")[0],
+        logit_mean=_list_values(table, "logit_mean")[0],
+        logit_std=_list_values(table, "logit_std")[0],
     )
 
 

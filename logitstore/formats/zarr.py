@@ -2,7 +2,8 @@
 
 Per-sequence arrays (``seq_ids``, ``keys``, ``lengths``, ``num_entries``, ``input_lengths``) locate each
 sequence's slice of the flat input array (``input_ids``), per-position arrays (``lse``, ``nnz``,
-``proposal_lse``) and per-entry arrays (``ids``, ``logprobs``, ``counts``). Chunks are compressed with
+``proposal_lse``, ``logit_mean``, ``logit_std``; ``label_logprob`` holds every position but each sequence's last)
+and per-entry arrays (``ids``, ``logprobs``, ``counts``). Chunks are compressed with
 Blosc(zstd, byte shuffle). Random access reads only the chunks a sequence's slices touch. Group attributes
 (``logitstore``) hold the spec and vocabulary size.
 """
@@ -21,10 +22,11 @@ from logitstore.fs import is_local
 
 _SEQ_COLUMNS = ("seq_ids", "keys", "lengths", "num_entries", "input_lengths")
 _INPUT_COLUMNS = ("input_ids",)
-_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse")
+_TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse", "logit_mean", "logit_std")
+_LABEL_COLUMNS = ("label_logprob",)
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
-_ALL_COLUMNS = (*_SEQ_COLUMNS, *_INPUT_COLUMNS, *_TOKEN_COLUMNS, *_ENTRY_COLUMNS)
-_CHUNKS = {"seq": 1 << 12, "input": 1 << 16, "token": 1 << 16, "entry": 1 << 20}
+_ALL_COLUMNS = (*_SEQ_COLUMNS, *_INPUT_COLUMNS, *_TOKEN_COLUMNS, *_LABEL_COLUMNS, *_ENTRY_COLUMNS)
+_CHUNKS = {"seq": 1 << 12, "input": 1 << 16, "token": 1 << 16, "label": 1 << 16, "entry": 1 << 20}
 BLOSC_LEVEL = 1
 
 
@@ -33,6 +35,8 @@ def _kind(name: str) -> str:
         return "seq"
     if name in _INPUT_COLUMNS:
         return "input"
+    if name in _LABEL_COLUMNS:
+        return "label"
     return "token" if name in _TOKEN_COLUMNS else "entry"
 
 
@@ -124,6 +128,7 @@ class ZarrShardReader(ShardReader):
             "seq": (start, stop),
             "input": (int(self._inp[start]), int(self._inp[stop])),
             "token": (int(self._tok[start]), int(self._tok[stop])),
+            "label": (int(self._tok[start]) - start, int(self._tok[stop]) - stop),  # one fewer per sequence
             "entry": (int(self._ent[start]), int(self._ent[stop])),
         }
         out: dict[str, np.ndarray | None] = {}

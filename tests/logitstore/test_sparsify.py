@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -157,18 +159,51 @@ def test_results_do_not_depend_on_chunk_size_or_batch_split(rng, method: str) ->
         "sample": Spec(method="sample", n=50, proposal_temperature=0.8),
         "dense": Spec(method="dense"),
     }[method]
+    spec = dataclasses.replace(spec, label_logprob=True, logit_stats=True)
     vocab = 3000 if method == "dense" else 40000
     logits = teacher_like_logits(rng, 24, vocab)
     keys = [bytes([i]) * 16 for i in range(3)]
-    whole = _run(logits, spec, keys)
-    tiny_chunks = _run(logits, spec, keys, chunk_elements=vocab)  # one position per chunk
+    labels = torch.from_numpy(rng.integers(-1, vocab, size=24))
+    whole = _run(logits, spec, keys, labels=labels)
+    tiny_chunks = _run(logits, spec, keys, labels=labels, chunk_elements=vocab)  # one position per chunk
     # batch split: each sequence sparsified on its own
-    parts = [_run(logits[i * 8 : (i + 1) * 8], spec, [keys[i]]) for i in range(3)]
+    parts = [_run(logits[i * 8 : (i + 1) * 8], spec, [keys[i]], labels=labels[i * 8 : (i + 1) * 8]) for i in range(3)]
     for name, value in whole.items():
         if value is None:
             continue
         assert np.array_equal(value, tiny_chunks[name]), name
         assert np.array_equal(value, np.concatenate([p[name] for p in parts])), name
+
+
+@pytest.mark.parametrize("method", ["topk", "sample"])
+def test_label_logprob_and_logit_stats(logits, rng, method: str) -> None:
+    """label_logprob is the log-softmax at the label (bit-equal to a stored logprob of the same id), NaN where
+    there is no label; logit_mean / logit_std are torch's mean and (Bessel-corrected) std of the finite logits."""
+    spec = Spec(method=method, **({"k": 16} if method == "topk" else {"n": 20}), label_logprob=True, logit_stats=True)
+    logits = logits.clone()
+    logits[3, 7] = -float("inf")  # a masked logit: the statistics skip it
+    labels = torch.from_numpy(rng.integers(0, logits.shape[1], size=logits.shape[0]))
+    labels[-1] = -1
+    out = _run(logits, spec, labels=labels)
+    ref = torch.log_softmax(logits.double(), dim=-1)
+    want = ref.gather(-1, labels.clamp(min=0)[:, None]).squeeze(-1).numpy()
+    assert np.isnan(out["label_logprob"][-1]) and not np.isnan(out["label_logprob"][:-1]).any()
+    np.testing.assert_allclose(out["label_logprob"][:-1], want[:-1], atol=1e-5)
+    if method == "topk":  # wherever the label was kept, the two values are the same float32
+        for t, (ids, lp) in enumerate(
+            zip(_split(out["ids"], out["nnz"]), _split(out["logprobs"], out["nnz"]), strict=True)
+        ):
+            hit = np.flatnonzero(ids == int(labels[t]))
+            if hit.size:
+                assert lp[hit[0]] == out["label_logprob"][t]
+    finite = [row[torch.isfinite(row)].double() for row in logits]
+    np.testing.assert_allclose(out["logit_mean"], [float(r.mean()) for r in finite], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["logit_std"], [float(r.std()) for r in finite], rtol=1e-6)
+
+
+def test_label_logprob_needs_labels(logits) -> None:
+    with pytest.raises(InvalidInputError, match="needs labels"):
+        sparsify(logits, Spec(method="topk", k=4, label_logprob=True))
 
 
 def test_large_vocabulary_ids_survive(rng) -> None:

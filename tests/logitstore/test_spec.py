@@ -13,6 +13,7 @@ from logitstore.spec import COMPACT, LOSSLESS, Encoding, Spec, parse_encoding
         Spec(method="topp", k=100, p=0.95, k_min=5, seed=7),
         Spec(method="sample", n=50, proposal_temperature=2.0, seed=2**64 - 1),
         Spec(method="dense", encoding=LOSSLESS),
+        Spec(method="topk", k=8, label_logprob=True, logit_stats=True),
     ],
 )
 def test_round_trip(spec: Spec) -> None:
@@ -32,6 +33,7 @@ def test_round_trip(spec: Spec) -> None:
         ({"method": "topk", "k": 5, "proposal_temperature": 2.0}, "only applies to method 'sample'"),
         ({"method": "sample", "n": 5, "proposal_temperature": 0.0}, "finite number > 0"),
         ({"method": "dense", "seed": -1}, "seed must be"),
+        ({"method": "dense", "label_logprob": 1}, "label_logprob must be true or false"),
     ],
 )
 def test_invalid_specs_name_the_problem(kwargs: dict, match: str) -> None:
@@ -53,3 +55,12 @@ def test_encodings() -> None:
         Encoding(logprobs="q16", error_bound=0.0)
     with pytest.raises(InvalidInputError, match="unknown spec field"):
         Spec.from_dict({"method": "dense", "temperature": 2})
+
+
+def test_optional_field_flags_are_written_only_when_set() -> None:
+    """Specs without the flags (and manifests written before they existed) keep one form; missing reads False."""
+    assert "label_logprob" not in Spec(method="topk", k=4).to_dict()
+    assert Spec.from_dict({"method": "topk", "k": 4}).label_logprob is False
+    spec = Spec(method="topk", k=4, label_logprob=True)
+    assert spec.to_dict()["label_logprob"] is True and "logit_stats" not in spec.to_dict()
+    assert spec.describe() == "topk(k=4) +label_logprob"

@@ -172,6 +172,17 @@ def test_classifier_teacher_end_to_end(ray_cluster, tmp_path, llama_dir, corpus_
     )
     ds = open_dataset(tmp_path / "cls", verify=True)
     assert ds.manifest.teacher.vocab_size == 5 and ds.manifest.num_tokens == len(ds)
+    assert not ds.manifest.spec.label_logprob  # a classifier has no next token: off by default
+    with pytest.raises(InvalidInputError, match="a classifier .* does not have; set label_logprob=False"):
+        precompute(
+            teacher="tests.workers.classifier_teacher:make",
+            tokenizer=str(llama_dir),
+            data=str(corpus_jsonl),
+            out=str(tmp_path / "cls2"),
+            method="dense",
+            label_logprob=True,
+            progress=False,
+        )
     model = make().eval()
     for i in range(len(ds)):
         rec = ds[i]

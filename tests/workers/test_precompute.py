@@ -13,6 +13,7 @@ from logitstore.keys import content_key
 from logitstore.rng import position_streams
 from logitstore.sparsify import sparsify
 from logitstore.workers import precompute
+from tests.conftest import next_tokens
 
 pytestmark = pytest.mark.ray
 
@@ -29,19 +30,24 @@ def _reference(teacher_dir: Path, ds, spec) -> None:
             logits = model(torch.from_numpy(rec.input_ids.astype(np.int64))[None]).logits[0]
         key = content_key(rec.input_ids)
         streams, positions = position_streams(spec.seed, [key], [len(rec.input_ids)])
-        ref = sparsify(logits, spec, streams=streams, positions=positions).numpy()
+        ref = sparsify(logits, spec, streams=streams, positions=positions, labels=next_tokens(rec.input_ids)).numpy()
         np.testing.assert_allclose(rec.lse, ref["lse"], rtol=1e-4)
         np.testing.assert_array_equal(rec.nnz, ref["nnz"])
         np.testing.assert_array_equal(rec.ids, ref["ids"])
         np.testing.assert_allclose(rec.logprobs, ref["logprobs"], atol=bound + 1e-4)
         if ref["counts"] is not None:
             np.testing.assert_array_equal(rec.counts, ref["counts"])
+        assert spec.label_logprob  # a language-model teacher stores it by default
+        np.testing.assert_allclose(rec.label_logprob, ref["label_logprob"], atol=bound + 1e-4)
+        if spec.logit_stats:
+            np.testing.assert_allclose(rec.logit_mean, ref["logit_mean"], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(rec.logit_std, ref["logit_std"], rtol=1e-4)
 
 
 @pytest.mark.parametrize(
     ("teacher", "method", "extra", "backend"),
     [
-        ("llama", "topk", {"k": 16}, "parquet"),
+        ("llama", "topk", {"k": 16, "logit_stats": True}, "parquet"),
         ("gpt2", "sample", {"n": 20, "seed": 3}, "zarr"),
         ("llama", "topp", {"p": 0.9, "k": 40, "k_min": 2}, "zarr"),
         ("llama", "topk", {"k": 8, "pack": False}, "parquet"),  # unequal lengths: out-of-order batch groups

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -16,6 +18,13 @@ BACKENDS = ["parquet", "zarr"]
 
 @st.composite
 def specs(draw: st.DrawFn) -> Spec:
+    """A spec of any method and encoding, with or without each optional per-position field."""
+    flags = {"label_logprob": draw(st.booleans()), "logit_stats": draw(st.booleans())}
+    return dataclasses.replace(draw(method_specs()), **flags)
+
+
+@st.composite
+def method_specs(draw: st.DrawFn) -> Spec:
     method = draw(st.sampled_from(["topk", "topp", "sample", "dense"]))
     encoding = draw(
         st.sampled_from(
@@ -88,6 +97,7 @@ def test_round_trip_every_method(
         assert got.equals(r, logprob_atol=bound), f"seq {r.seq_id} differs"
         assert got.lse.dtype == np.float32 and got.ids.dtype == np.int32 and got.nnz.dtype == np.int32
         assert (got.counts is None) == (spec.method != "sample")
+        assert (got.label_logprob is None) != spec.label_logprob and (got.logit_std is None) != spec.logit_stats
         assert ds.get_by_key(r.key).equals(ds[ds.find_key(r.key)[0]])
     assert all(a.equals(b, logprob_atol=bound) for a, b in zip(ds.read_range(0, len(ds)), records, strict=True))
 

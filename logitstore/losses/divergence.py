@@ -47,30 +47,26 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from logitstore.collate import IGNORE_INDEX
 from logitstore.errors import InvalidInputError, SpecMismatchError
+from logitstore.losses._common import NEG, check_chunk_size, masked_mean, per_position, student_positions
 
-Kind = Literal["forward_kl", "reverse_kl", "jsd"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 Tail = Literal["renorm", "ghost", "exact", "label"]
-KINDS = ("forward_kl", "reverse_kl", "jsd")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 TAILS = ("renorm", "ghost", "exact", "label")
 
-#: "probability zero" as a finite log: exp underflows to exactly 0, and no gradient meets inf - inf.
-NEG = -1.0e4
 #: the teacher's tail mass is at least this in ghost / exact tails, so log r stays finite when q16 rounding
 #: (or a cache that keeps nearly everything) leaves no mass for the tail.
 TAIL_FLOOR = 1.0e-6
-#: automatic chunking keeps temporaries of [positions, V] float32 near this many elements.
-CHUNK_ELEMENTS = 1 << 24
 
 
-def kd_loss(
+def divergence_loss(
     student_logits: torch.Tensor,
     batch: Mapping[str, Any],
     *,
-    kind: Kind = "forward_kl",
+    kind: Divergence = "forward_kl",
     tail: Tail = "ghost",
     temperature: float = 1.0,
     ce_weight: float = 0.0,
@@ -78,40 +74,29 @@ def kd_loss(
     chunk_size: int | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Distillation loss of a student against a cached teacher batch (from :func:`logitstore.collate.collate`).
+    """Forward KL, reverse KL or JSD of a student against a cached teacher batch (module docstring); what
+    :func:`logitstore.losses.kd_loss` runs for those kinds.
 
     Args:
         student_logits: ``[B, T, V_s]`` (or ``[B, V_s]`` for a classifier), any float dtype; ``V_s`` may exceed
             the cache's vocabulary (extra logits are ignored).
-        batch: target tensors ``[B, T, K]`` and ``lse [B, T]``, on the student's device.
-        kind: ``forward_kl`` | ``reverse_kl`` | ``jsd`` (module docstring).
+        batch: from :func:`logitstore.collate.collate`: targets ``[B, T, K]`` and ``lse [B, T]``, on the student's
+            device.
+        kind: ``forward_kl`` | ``reverse_kl`` | ``jsd``.
         tail: ``renorm`` | ``ghost`` | ``exact`` | ``label``.
         temperature: softens teacher and student alike; the loss is scaled by ``temperature**2``.
         ce_weight: ``loss = (1 - ce_weight) * KD + ce_weight * CE(labels)`` (CE at temperature 1).
         beta: the JSD mixture weight, in (0, 1).
-        chunk_size: positions per chunk. Each chunk is recomputed in the backward pass, so memory beyond the
-            student logits and their gradient stays ``O(B*T*K)`` plus one chunk's ``[chunk, V]``; None picks
-            chunks of about ``CHUNK_ELEMENTS`` logits. Chunked and unchunked results are equal.
-        labels: ``[B, T]`` next-token ids for CE (default ``batch["labels"]``; -100 is ignored).
+        chunk_size: positions per chunk (None: about ``CHUNK_ELEMENTS`` logits per chunk); chunks are recomputed
+            in the backward pass, and chunked and unchunked results are equal.
+        labels: ``[B, T]`` next-token ids for CE and the label tail (default ``batch["labels"]``; -100 is ignored).
 
     Returns:
         A scalar tensor (float32).
     """
     _check_options(kind, tail, temperature, ce_weight, beta, chunk_size)
-    logits = student_logits.unsqueeze(1) if student_logits.dim() == 2 else student_logits
+    flat, vocab = student_positions(student_logits, batch)
     ids, logprobs, mask = batch["target_ids"], batch["target_logprobs"], batch["target_mask"]
-    if logits.dim() != 3 or logits.shape[:2] != ids.shape[:2]:
-        raise InvalidInputError(
-            f"student logits {tuple(student_logits.shape)} do not match targets {tuple(ids.shape)}: expected "
-            f"[B, T, V] with B, T = {tuple(ids.shape[:2])} (or [B, V] for a classifier cache)"
-        )
-    b, t, v_student = logits.shape
-    vocab = int(batch.get("vocab_size", v_student))
-    if v_student < vocab:
-        raise SpecMismatchError(
-            f"the student has {v_student} logits but the batch's targets use ids up to {vocab - 1}: build the "
-            f"LogitDataset with student_vocab_size={v_student} (it checks whether the teacher's extra ids are padding)"
-        )
     spec = batch.get("spec")
     counts = batch.get("target_counts")
     dense = spec is not None and spec.method == "dense"
@@ -133,12 +118,7 @@ def kd_loss(
             f"the stored entries of a {spec.method if spec else 'sparse'} cache; use tail='renorm', temperature=1, "
             "or a dense cache"
         )
-    if labels is None:
-        labels = batch.get("labels")
-    if ce_weight > 0 and labels is None:
-        raise InvalidInputError(
-            "ce_weight > 0 needs labels: the batch has none (a classifier cache); pass labels=[B] class ids"
-        )
+    labels = batch_labels(batch, labels, ce_weight)
     if mode == "label":
         if labels is None:
             raise InvalidInputError(
@@ -150,12 +130,8 @@ def kd_loss(
                 "tail='label' with kind='reverse_kl': the label-mass target is zero outside the stored ids and the "
                 "label, so KL(student || target) is infinite; use kind='forward_kl' or 'jsd', or another tail"
             )
-    if labels is not None and labels.dim() == 1:
-        labels = labels.unsqueeze(1)
 
-    positions = b * t
-    flat = logits.reshape(positions, v_student)
-    per_chunk = chunk_size or max(1, CHUNK_ELEMENTS // v_student)
+    positions = flat.shape[0]
     targets = [
         ids.reshape(positions, -1).long(),
         logprobs.reshape(positions, -1).float(),
@@ -164,33 +140,40 @@ def kd_loss(
         None if log_target is None else log_target.reshape(positions, -1),
         None if labels is None or (ce_weight == 0 and mode != "label") else labels.reshape(positions),
     ]
-    kd_parts, ce_parts = [], []
-    recompute = torch.is_grad_enabled() and flat.requires_grad and per_chunk < positions
-    # split, not flat[lo:hi]: each slice's backward would materialize a full [positions, V] gradient
-    pieces = flat.split(per_chunk)
-    for piece, lo in zip(pieces, range(0, positions, per_chunk), strict=True):
-        hi = lo + piece.shape[0]
-        args = [piece] + [None if x is None else x[lo:hi] for x in targets]
 
-        def run(*a: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab, ce=ce_weight > 0)
+    def run(*a: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return _chunk(*a, mode=mode, kind=kind, temperature=temperature, beta=beta, vocab=vocab, ce=ce_weight > 0)
 
-        kd, ce = checkpoint(run, *args, use_reentrant=False) if recompute else run(*args)
-        kd_parts.append(kd)
-        ce_parts.append(ce)
-    kd_pos, ce_pos = torch.cat(kd_parts), torch.cat(ce_parts)
+    kd_pos, ce_pos = per_position(run, flat, targets, chunk_size)
     valid = mask.reshape(positions, -1).any(-1)
-    kd_loss_value = (kd_pos * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+    kd_loss_value = masked_mean(kd_pos, valid) * temperature**2
     if ce_weight == 0:
         return kd_loss_value
-    has_label = targets[5] != IGNORE_INDEX  # type: ignore[operator]
-    ce_value = (ce_pos * has_label).sum() / has_label.sum().clamp(min=1)
-    return (1.0 - ce_weight) * kd_loss_value + ce_weight * ce_value
+    return mix_ce(kd_loss_value, ce_pos, targets[5], ce_weight)  # type: ignore[arg-type]
+
+
+def batch_labels(batch: Mapping[str, Any], labels: torch.Tensor | None, ce_weight: float = 0.0) -> torch.Tensor | None:
+    """``labels`` or the batch's, as ``[B, T]`` (a classifier's ``[B]`` becomes ``[B, 1]``); None if neither,
+    which ``ce_weight > 0`` refuses."""
+    if labels is None:
+        labels = batch.get("labels")
+    if labels is not None and labels.dim() == 1:
+        labels = labels.unsqueeze(1)
+    if ce_weight > 0 and labels is None:
+        raise InvalidInputError(
+            "ce_weight > 0 needs labels: the batch has none (a classifier cache); pass labels=[B] class ids"
+        )
+    return labels
+
+
+def mix_ce(kd: torch.Tensor, ce_pos: torch.Tensor, labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """``(1 - ce_weight) * kd + ce_weight * CE``, CE averaged over the positions that have a label."""
+    return (1.0 - ce_weight) * kd + ce_weight * masked_mean(ce_pos, labels != IGNORE_INDEX)
 
 
 def _check_options(kind: str, tail: str, temperature: float, ce_weight: float, beta: float, chunk: int | None) -> None:
-    if kind not in KINDS:
-        raise InvalidInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in DIVERGENCES:
+        raise InvalidInputError(f"kind must be one of {', '.join(DIVERGENCES)}, got {kind!r}")
     if tail not in TAILS:
         raise InvalidInputError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -199,8 +182,7 @@ def _check_options(kind: str, tail: str, temperature: float, ce_weight: float, b
         raise InvalidInputError(f"ce_weight must be in [0, 1], got {ce_weight!r}")
     if not (0.0 < beta < 1.0):
         raise InvalidInputError(f"beta must be in (0, 1) (0 and 1 are the two KLs), got {beta!r}")
-    if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
-        raise InvalidInputError(f"chunk_size must be a positive integer or None, got {chunk!r}")
+    check_chunk_size(chunk)
 
 
 def _sample_targets(batch: Mapping[str, Any], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,7 +252,7 @@ def _chunk(
         # when the student's tail is tiny, which is exactly when the tail term matters most for reverse KL
         everything = (mask.sum(-1) >= vocab).unsqueeze(-1)
         log_r = _log_tail_mass(lp).unsqueeze(-1).masked_fill(everything, NEG)
-        log_q_tail = torch.logsumexp(_without(log_q, ids, mask), dim=-1, keepdim=True).masked_fill(everything, NEG)
+        log_q_tail = torch.logsumexp(without_ids(log_q, ids, mask), dim=-1, keepdim=True).masked_fill(everything, NEG)
         kd = _divergence(torch.cat([lp, log_r], dim=-1), torch.cat([lq, log_q_tail], dim=-1), kind, beta)
     elif mode == "label":
         assert labels is not None
@@ -286,8 +268,13 @@ def _chunk(
 
     if labels is None or not ce:
         return kd, torch.zeros_like(kd)
+    return kd, label_nll(log_q1, labels)
+
+
+def label_nll(log_q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[P]`` ``-log_q[label]`` (``log_q [P, V]``), 0 where the label is ``IGNORE_INDEX``."""
     has = labels != IGNORE_INDEX
-    return kd, -log_q1.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
+    return -log_q.gather(-1, labels.masked_fill(~has, 0).unsqueeze(-1)).squeeze(-1) * has
 
 
 def _label_mass_target(
@@ -307,7 +294,7 @@ def _label_mass_target(
     return torch.where(has.unsqueeze(-1), target, renormed.clamp(min=NEG))
 
 
-def _without(log_q: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def without_ids(log_q: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[P, V]`` copy of ``log_q [P, V]`` with the stored ids ``ids [P, K]`` set to ``NEG`` (no gradient flows
     to them)."""
     vocab = log_q.shape[-1]

@@ -11,20 +11,9 @@ import torch
 from logitstore import LOSSLESS, Spec
 from logitstore.collate import collate
 from logitstore.errors import InvalidInputError, SpecMismatchError
-from logitstore.losses import KINDS, TAILS, kd_loss
+from logitstore.losses import DIVERGENCES, TAILS, kd_loss
 from tests.conftest import sparse_record, teacher_like_logits
-
-V = 40
-T = 6
-
-
-def batch_for(spec: Spec, z: torch.Tensor, *, seeds: int = 1) -> dict:
-    """One batch holding the cache records of teacher logits ``z [B, T, V]``."""
-    records = [
-        sparse_record(spec, z[i], seq_id=i, input_ids=np.arange(i, i + z.shape[1], dtype=np.int32))
-        for i in range(z.shape[0])
-    ]
-    return collate(records, spec=spec, vocab_size=z.shape[-1])
+from tests.logitstore.losses.conftest import T, V, batch_for
 
 
 def textbook(z: torch.Tensor, s: torch.Tensor, kind: str, temperature: float = 1.0, beta: float = 0.5):
@@ -41,14 +30,7 @@ def textbook(z: torch.Tensor, s: torch.Tensor, kind: str, temperature: float = 1
     return d.mean() * temperature**2
 
 
-@pytest.fixture
-def logits(rng):
-    z = torch.stack([teacher_like_logits(rng, T, V) for _ in range(2)])
-    s = torch.randn(2, T, V, generator=torch.Generator().manual_seed(0)) * 2
-    return z, s
-
-
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
 @pytest.mark.parametrize("tail", TAILS)
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_dense_cache_equals_the_textbook_formula(logits, kind, tail, temperature):
@@ -58,7 +40,7 @@ def test_dense_cache_equals_the_textbook_formula(logits, kind, tail, temperature
     assert got.item() == pytest.approx(textbook(z, s, kind, temperature).item(), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_topk_with_k_equal_v_under_renorm_equals_dense(logits, kind, temperature):
     z, s = logits
@@ -127,13 +109,13 @@ def test_ghost_tail_of_a_confident_student_does_not_underflow(kind):
 def test_a_cache_that_stores_every_id_has_no_ghost_bin(logits):
     z, s = logits
     batch = batch_for(Spec(method="topk", k=V, encoding=LOSSLESS), z)
-    for kind in KINDS:
+    for kind in DIVERGENCES:
         got = kd_loss(s, batch, kind=kind, tail="ghost").item()
         assert got == pytest.approx(textbook(z, s, kind).item(), rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("tail", TAILS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
 def test_a_student_with_masked_logits_gets_finite_losses_and_gradients(logits, kind, tail):
     if (kind, tail) == ("reverse_kl", "label"):
         pytest.skip("refused (test_label_mass_fix_refusals)")
@@ -210,7 +192,7 @@ def test_chunked_backward_does_not_materialize_a_gradient_per_chunk(logits):
     ],
     ids=lambda s: s.describe(),
 )
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", DIVERGENCES)
 @pytest.mark.parametrize("tail", TAILS)
 def test_chunked_equals_unchunked_in_value_and_gradient(logits, spec, kind, tail):
     if (kind, tail) == ("reverse_kl", "label") and spec.method != "dense":
