@@ -9,14 +9,19 @@ Run from the repository root::
 1. The demo's corpus and teacher (trained here with the demo's FULL budget unless ``--teacher`` names one), and
    a training subset of about ``train_tokens`` tokens, so a dense cache of the 8,000-id vocabulary stays ~1.5 GB.
 2. Caches of that subset through ``logitstore.workers.precompute``: dense (the reference), top-k 8/32/128, top-p
-   (0.95, k <= 100), sample n = 16 / 50, and sample n = 50 with proposal temperature 1.5. Same shard layout for all.
+   (0.95, k <= 100), sample n = 16 / 50, sample n = 50 with proposal temperature 1.5, and top-k 32 with the logit
+   statistics (``--logit-stats``). All store ``label_logprob`` (the precompute default). Same shard layout for all.
 3. Identical students (one saved initialization, seed, steps, learning rate, batch size and fixed loader blocks,
-   so every run reads the same batches in the same order) trained with ``LogitLoader`` + ``kd_loss`` on each, and
-   one on cross-entropy only (``ce_weight=1`` on the same loader).
+   so every run reads the same batches in the same order) trained with ``LogitLoader`` + ``kd_loss`` on each
+   (every kind: the divergences with their tails, NKD, logit-standardized KD, SEL, ULD), and one on cross-entropy
+   only (``ce_weight=1`` on the same loader).
 4. Held-out CE, KL(teacher || student), ECE (15 bins, top-1), the share of the CE-only -> full-KD gap closed, and
-   at one fixed student state (the trained CE-only student) each method's kd_loss gradient against the dense
-   cache's on the same fixed batches: cosine and norm ratio per batch (one training step, one draw of each sampled
-   position) and of the gradient summed over the batches.
+   at one fixed student state (the trained CE-only student) each run's loss gradient against the same loss on the
+   dense cache (forward KL for the divergences) on the same fixed batches: cosine and norm ratio per batch (one
+   training step, one draw of each sampled position) and of the gradient summed over the batches.
+5. Cross-tokenizer alignment cost: the training subset's sequences re-tokenized for a student BPE of half the
+   teacher's vocabulary (``logitstore.align.TokenizerAligner``): paired fraction of student positions and
+   milliseconds per 1,000 teacher tokens.
 
 Everything lands in ``--out`` (default ``bench/out/kd_quality``): teacher, caches, students' JSON, ``results.json``
 and ``kd_quality.md``. A rerun reuses every finished artifact, so a crashed run continues.
@@ -67,9 +72,11 @@ CACHES: dict[str, dict[str, Any]] = {
     "sample16": {"method": "sample", "n": 16},
     "sample50": {"method": "sample", "n": 50},
     "sample50-t1.5": {"method": "sample", "n": 50, "proposal_temperature": 1.5},
+    "topk32-stats": {"method": "topk", "k": 32, "logit_stats": True},
 }
 
-#: student run -> (cache, kd_loss options). Pure forward KL (ce_weight 0) except the CE-only baseline.
+#: student run -> (cache, kd_loss options). No CE mixed in (ce_weight 0) except the CE-only baseline; each
+#: loss at its authors' setting where they give one (NKD gamma 1.5, tau 1; standardized KD tau 2; ULD tau 1).
 RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     # any cache gives the same batches (check_same_order); the cheapest one keeps CE-only from decoding 8,000 ids
     "CE only": ("topk8", {"ce_weight": 1.0}),
@@ -82,6 +89,16 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "sample n=16": ("sample16", {}),
     "sample n=50": ("sample50", {}),
     "sample n=50, tau_q=1.5": ("sample50-t1.5", {}),
+    "top-k 8 (label)": ("topk8", {"tail": "label"}),
+    "top-k 32 (label)": ("topk32", {"tail": "label"}),
+    "NKD (dense)": ("dense", {"kind": "nkd"}),
+    "NKD, top-k 32 (ghost)": ("topk32", {"kind": "nkd"}),
+    "standardized KD (dense)": ("dense", {"kind": "standardized_kd", "temperature": 2.0}),
+    "standardized KD, top-k 32 +stats": ("topk32-stats", {"kind": "standardized_kd", "temperature": 2.0}),
+    "SEL, sample n=50 draws": ("sample50", {"kind": "sel", "source": "draws"}),
+    "SEL, label only (top-k 8 cache)": ("topk8", {"kind": "sel", "source": "label"}),
+    "ULD (dense)": ("dense", {"kind": "uld"}),
+    "ULD, top-k 32": ("topk32", {"kind": "uld"}),
 }
 REFERENCE, BASELINE = "full KD (dense)", "CE only"
 MINIBATCH_NOISE = "full KD, batch vs next batch"
@@ -311,9 +328,23 @@ def fixed_batches(cache: Path, setup: Setup, vocab_size: int) -> list[dict[str, 
     return batches
 
 
+def gradient_reference(name: str) -> str | None:
+    """The run whose gradient ``name``'s is compared with: the same loss on the dense cache (forward KL for the
+    divergences, whose dense run is the reference); None when no dense run has that loss."""
+    cache, options = RUNS[name]
+    kind = options.get("kind", "forward_kl")
+    if kind in ("forward_kl", "reverse_kl", "jsd"):
+        return REFERENCE
+    for other, (other_cache, other_options) in RUNS.items():
+        if other_cache == "dense" and other_options.get("kind") == kind:
+            return other
+    return None
+
+
 def gradient_agreement(workdir: Path, store: Path, setup: Setup) -> dict[str, dict[str, float]]:
-    """Per KD run: cosine and norm ratio of its kd_loss gradient to the dense cache's, at the trained CE-only
-    student, per fixed batch (mean, min) and summed over the batches."""
+    """Per KD run: cosine and norm ratio of its loss gradient to the same loss's on the dense cache
+    (:func:`gradient_reference`), at the trained CE-only student, per fixed batch (mean, min) and summed over the
+    batches."""
     from transformers import AutoModelForCausalLM
 
     from logitstore.workers.demo import training
@@ -336,6 +367,10 @@ def gradient_agreement(workdir: Path, store: Path, setup: Setup) -> dict[str, di
     between = [cosine(a, b) for a, b in zip(reference, reference[1:], strict=False)]
     out: dict[str, dict[str, float]] = {MINIBATCH_NOISE: {"cos_step_mean": sum(between) / len(between)}}
     for name, grads in per_batch.items():
+        ref_name = gradient_reference(name)
+        if ref_name is None:
+            continue
+        reference = per_batch[ref_name]
         cos = [cosine(g, r) for g, r in zip(grads, reference, strict=True)]
         ratio = [float(g.norm() / r.norm()) for g, r in zip(grads, reference, strict=True)]
         total, ref_total = torch.stack(grads).sum(0), torch.stack(reference).sum(0)
@@ -351,6 +386,40 @@ def gradient_agreement(workdir: Path, store: Path, setup: Setup) -> dict[str, di
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+# -- 5. cross-tokenizer alignment ---------------------------------------------------------------------------------
+
+
+def alignment_cost(workdir: Path, cache: Path, train: Path, setup: Setup) -> dict[str, float]:
+    """Paired fraction and time of re-tokenizing every sequence of ``cache`` for a student BPE of half the
+    teacher's vocabulary, trained here on the same text."""
+    from logitstore import open_dataset
+    from logitstore.align import TokenizerAligner
+    from logitstore.workers.checkpoints import train_bpe_tokenizer
+    from logitstore.workers.demo.corpus import read_texts
+
+    ds = open_dataset(cache)
+    teacher_vocab = ds.manifest.tokenizer.vocab_size or ds.manifest.vocab_size
+    student_dir = workdir / "student_tokenizer"
+    if not student_dir.exists():
+        train_bpe_tokenizer(read_texts(train), teacher_vocab // 2).save_pretrained(student_dir)
+    aligner = TokenizerAligner(ds.manifest, student_dir)
+    paired = student_tokens = teacher_tokens = 0
+    started = time.process_time()
+    for record in ds.read_range(0, len(ds)):
+        student_ids, where = aligner.align(record.input_ids.astype("int64"))
+        paired += int((where >= 0).sum())
+        student_tokens += len(student_ids)
+        teacher_tokens += len(record.input_ids)
+    seconds = time.process_time() - started
+    return {
+        "teacher_vocab": teacher_vocab,
+        "student_vocab": len(aligner.student),
+        "aligned_fraction": paired / max(student_tokens, 1),
+        "student_tokens_per_teacher_token": student_tokens / max(teacher_tokens, 1),
+        "ms_per_1k_tokens": 1000 * seconds / max(teacher_tokens, 1) * 1000,
+    }
 
 
 # -- report -------------------------------------------------------------------------------------------------------
@@ -371,6 +440,7 @@ def table(results: dict[str, Any]) -> str:
         "| grad cos (step) | grad norm ratio (step) | grad cos (all batches) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    # gradients are compared with the same loss on the dense cache; a dense run compared with itself says nothing
     for name, (cache, _) in RUNS.items():
         s = students[name]
         c = caches[cache] if name != BASELINE else None
@@ -389,6 +459,15 @@ def table(results: dict[str, Any]) -> str:
         )
     t = students["teacher"]
     lines.append(f"| (teacher) | | | {t['ce']:.4f} | 0 | {100 * t['ece']:.2f}% | | | | | |")
+    align = results.get("alignment")
+    if align:
+        lines += [
+            "",
+            f"Cross-tokenizer alignment (student BPE of {align['student_vocab']} ids vs the teacher's "
+            f"{align['teacher_vocab']}): {align['aligned_fraction']:.1%} of student positions paired with a teacher "
+            f"position, {align['ms_per_1k_tokens']:.1f} ms per 1,000 teacher tokens on one core "
+            f"({align['student_tokens_per_teacher_token']:.2f} student tokens per teacher token).",
+        ]
     noise = grads.get(MINIBATCH_NOISE)
     if noise is not None:
         lines += [
@@ -414,12 +493,12 @@ def run(out: Path, setup: Setup, teacher: Path | None) -> dict[str, Any]:
         return time.monotonic()
 
     t = time.monotonic()
-    print(f"[1/4] corpus and teacher (load average {load_start})", flush=True)
+    print(f"[1/5] corpus and teacher (load average {load_start})", flush=True)
     train, heldout, teacher_dir = teacher_and_corpus(out, setup, teacher)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     data = training_subset(train, tokenizer, out / "bench_train.jsonl", tokens=setup.train_tokens)
     t = stage("teacher", t)
-    print("[2/4] caches", flush=True)
+    print("[2/5] caches", flush=True)
     import ray
 
     if not ray.is_initialized():
@@ -430,12 +509,15 @@ def run(out: Path, setup: Setup, teacher: Path | None) -> dict[str, Any]:
         ray.shutdown()
     check_same_order(out / "store", setup)
     t = stage("caches", t)
-    print(f"[3/4] {len(RUNS)} students, {setup.steps} steps each (load average {load_average()})", flush=True)
+    print(f"[3/5] {len(RUNS)} students, {setup.steps} steps each (load average {load_average()})", flush=True)
     students = train_students(out, out / "store", teacher_dir, heldout_rows(heldout, tokenizer, setup), setup)
     t = stage("students", t)
-    print("[4/4] gradients at the trained CE-only student", flush=True)
+    print("[4/5] gradients at the trained CE-only student", flush=True)
     gradients = gradient_agreement(out, out / "store", setup)
-    stage("gradients", t)
+    t = stage("gradients", t)
+    print("[5/5] cross-tokenizer alignment cost", flush=True)
+    alignment = alignment_cost(out, out / "store" / "topk32", train, setup)
+    stage("alignment", t)
     results = {
         "setup": asdict(setup),
         "teacher": str(teacher_dir),
@@ -446,6 +528,7 @@ def run(out: Path, setup: Setup, teacher: Path | None) -> dict[str, Any]:
         "caches": caches,
         "students": students,
         "gradients": gradients,
+        "alignment": alignment,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     text = table(results)

@@ -111,6 +111,30 @@ def validate(records: Sequence[Record], spec: Spec, vocab_size: int) -> None:
         except InvalidInputError:
             _name_the_record(records, spec, vocab_size, decoded=True)
             raise
+    if spec.label_logprob:
+        for r in records:
+            _check_label_agrees(r, spec)
+
+
+def _check_label_agrees(r: Record, spec: Spec) -> None:
+    """Where a position's label is among its stored ids, ``label_logprob`` is that entry's logprob (both are
+    ``logits - lse`` of the same logit; encoded, they may differ by one quantization step)."""
+    assert r.label_logprob is not None
+    t = len(r)
+    pos = np.repeat(np.arange(t), r.nnz)
+    labels = np.append(np.asarray(r.input_ids[1:t], dtype=np.int64), -1)
+    hit = r.ids == labels[pos]
+    stored, label = r.logprobs[hit].astype(np.float64), r.label_logprob[pos[hit]].astype(np.float64)
+    finite = np.isfinite(stored) & np.isfinite(label)
+    bad = ~finite & (np.isneginf(stored) != np.isneginf(label)) | finite & (
+        np.abs(stored - label) > 2 * spec.encoding.error_bound + 1e-5
+    )
+    if bad.any():
+        at = int(pos[hit][np.flatnonzero(bad)[0]])
+        raise InvalidInputError(
+            f"record seq_id={r.seq_id}: label_logprob at position {at} ({float(r.label_logprob[at])}) disagrees with "
+            "the stored logprob of the same token id; both must be logits - lse of that logit"
+        )
 
 
 def _name_the_record(records: Sequence[Record], spec: Spec, vocab_size: int, *, decoded: bool) -> None:

@@ -89,6 +89,10 @@ def synthetic_record(
         label = -rng.exponential(3.0, size=length).clip(max=40)
         if neg_inf:
             label[rng.random(length) < 0.05] = -np.inf
+        for t in range(length - 1):  # a label among the stored ids has that entry's logprob (verify checks it)
+            hit = np.flatnonzero(ids_parts[t] == input_ids[t + 1])
+            if hit.size:
+                label[t] = lp_parts[t][hit[0]]
         label[-1] = np.nan
     return Record(
         seq_id=seq_id,

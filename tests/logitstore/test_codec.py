@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from logitstore import Spec, content_key
-from logitstore.codec import decode, encode
+from logitstore.codec import decode, encode, validate
 from logitstore.errors import InvalidInputError
 from tests.conftest import synthetic_record
 
@@ -59,3 +59,16 @@ def test_classifier_records_have_no_label() -> None:
     classifier = dataclasses.replace(one, input_ids=tokens, key=content_key(tokens))
     with pytest.raises(InvalidInputError, match="a classifier record has no next token"):
         encode([classifier], SPEC, 40)
+
+
+def test_validate_catches_a_label_logprob_that_disagrees_with_the_stored_entry() -> None:
+    """verify's decoded-record check: where the label is among the stored ids, the two values are one logit."""
+    spec = Spec(method="dense", label_logprob=True)
+    record = synthetic_record(spec, np.random.default_rng(0), seq_id=0, length=4, vocab_size=6)
+    offsets = record.offsets
+    label = np.array([record.logprobs[offsets[t] + record.input_ids[t + 1]] for t in range(3)] + [np.nan], np.float32)
+    good = dataclasses.replace(record, label_logprob=label)
+    validate([good], spec, 6)
+    label[1] -= 0.5
+    with pytest.raises(InvalidInputError, match="label_logprob at position 1 .* disagrees with the stored logprob"):
+        validate([dataclasses.replace(record, label_logprob=label)], spec, 6)
