@@ -8,7 +8,7 @@ per sequence with list columns, so a client gets exactly what ``open_dataset`` r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,21 +131,33 @@ def _optional(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else values.tolist()
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
-    """A JSON-serializable dict (``-inf`` logprobs and the last position's NaN label_logprob become ``None``)."""
+def _contiguous(values: np.ndarray | None) -> np.ndarray | None:
+    return None if values is None else np.ascontiguousarray(values)
+
+
+def record_to_json(record: Record, *, arrays: bool = False) -> dict[str, Any]:
+    """A JSON-serializable dict (``-inf`` logprobs and the last position's NaN label_logprob become ``None``).
+
+    With ``arrays=True`` the values are the record's numpy arrays (C-contiguous) instead of lists, for an encoder
+    that writes numpy arrays itself and non-finite floats as ``null``: ``orjson.dumps(..., option=
+    orjson.OPT_SERIALIZE_NUMPY)``, what the service sends, is the same JSON values ~20x faster (float32 in their
+    shortest repr, which parses back to the same float32)."""
+    plain: Callable[[np.ndarray], Any] = np.ascontiguousarray if arrays else np.ndarray.tolist
+    nullable: Callable[[np.ndarray], Any] = np.ascontiguousarray if arrays else _nullable
+    optional: Callable[[np.ndarray | None], Any] = _contiguous if arrays else _optional
     return {
         "seq_id": record.seq_id,
         "key": record.key.hex(),
-        "input_ids": record.input_ids.tolist(),
-        "lse": record.lse.tolist(),
-        "nnz": record.nnz.tolist(),
-        "ids": record.ids.tolist(),
-        "logprobs": _nullable(record.logprobs),
-        "counts": _optional(record.counts),
-        "proposal_lse": _optional(record.proposal_lse),
-        "label_logprob": None if record.label_logprob is None else _nullable(record.label_logprob),
-        "logit_mean": _optional(record.logit_mean),
-        "logit_std": _optional(record.logit_std),
+        "input_ids": plain(record.input_ids),
+        "lse": plain(record.lse),
+        "nnz": plain(record.nnz),
+        "ids": plain(record.ids),
+        "logprobs": nullable(record.logprobs),
+        "counts": optional(record.counts),
+        "proposal_lse": optional(record.proposal_lse),
+        "label_logprob": None if record.label_logprob is None else nullable(record.label_logprob),
+        "logit_mean": optional(record.logit_mean),
+        "logit_std": optional(record.logit_std),
     }
 
 

@@ -9,8 +9,10 @@ from fastapi import Request
 from logitstore.errors import AuthenticationError
 
 
-def require_api_key(request: Request) -> None:
-    """A dependency of every ``/v1`` route; does nothing when no key is configured."""
+async def require_api_key(request: Request) -> None:
+    """A dependency of every ``/v1`` route; does nothing when no key is configured. ``async`` so that it runs on
+    the event loop (it only compares strings): FastAPI runs a plain ``def`` dependency in its thread pool, one
+    more thread hop per request."""
     expected = request.app.state.settings.api_key
     if expected is None:
         return

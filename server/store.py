@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from logitstore.dataset import Dataset
 from logitstore.errors import CorruptShardError, DatasetNotFoundError, InvalidInputError, NotFoundError
 from logitstore.manifest import MANIFEST_NAME
-from logitstore.server.cache import CachingDataset, RecordCache
+from logitstore.server.cache import Cached, CachingDataset, RecordCache
 
 #: dataset names the service answers for: one path component, no dot-dot, no hidden names
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -63,6 +64,26 @@ class Store:
                 cached = (version, dataset, threading.Lock())
                 self._open[name] = cached
         return cached[1], cached[2]
+
+    def cached(self, name: str, seq_id: int) -> Cached | None:
+        """The record ``seq_id`` of dataset ``name`` (with its Arrow IPC stream) if the record cache holds it for
+        the dataset as it is on disk now, else None (also for a dataset not opened yet, a rebuilt one, or any error:
+        :meth:`dataset` then says what is wrong). Reads no shard and opens nothing, so the service calls it on the
+        event loop: a hit is answered without a hop to the thread pool.
+
+        It costs one ``stat`` of manifest.json: the name and the directory were checked (:meth:`directory`) when
+        the dataset was opened, and a manifest with the same (inode, size, mtime) is the same file, so nothing but
+        the records already read from it is served."""
+        opened = self._open.get(name)  # a dict read is atomic; a stale entry has another version
+        if opened is None:
+            return None
+        try:
+            st = os.stat(os.path.join(self.root, name, MANIFEST_NAME))
+        except OSError:
+            return None
+        if opened[0] != (st.st_ino, st.st_size, st.st_mtime_ns):
+            return None
+        return self.cache.entry((name, opened[0], seq_id))
 
     def directory(self, name: str) -> Path:
         if not NAME.fullmatch(name):

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from logitstore.errors import LimitExceededError, LogitStoreError, NotFoundError, SequenceNotFoundError
 from logitstore.keys import content_key
 from logitstore.server.errors import error_responses
+from logitstore.server.responses import RecordsJSONResponse
 from logitstore.server.schemas import LookupRequest, LookupResponse
 from logitstore.wire import record_to_json
 
@@ -58,4 +59,4 @@ def lookup(request: Request, body: LookupRequest) -> JSONResponse:
     if first is None:
         skipped = f"; unreadable, not searched: {', '.join(unreadable)}" if unreadable else ""
         raise SequenceNotFoundError(f"no dataset in this store caches this sequence (content key {key.hex()}){skipped}")
-    return JSONResponse({"matches": matches, "record": record_to_json(first)})
+    return RecordsJSONResponse({"matches": matches, "record": record_to_json(first, arrays=True)})

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from logitstore import DatasetWriter, Spec, open_dataset
 from logitstore.server import Settings, create_app
-from logitstore.server.cache import RecordCache, record_nbytes
+from logitstore.server.cache import RecordCache
 from logitstore.wire import ARROW_STREAM, records_from_arrow
 from tests.conftest import synthetic_record, teacher
 
@@ -28,7 +28,7 @@ def _write(path, records, **kwargs):
 
 def test_the_cache_evicts_least_recently_used_past_its_byte_budget():
     records = _records(np.random.default_rng(0), 3)
-    size = record_nbytes(records[0])
+    size = records[0].nbytes
     cache = RecordCache(2 * size)
     cache.put(("a", 0), records[0])
     cache.put(("a", 1), records[1])
