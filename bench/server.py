@@ -22,6 +22,8 @@ one counts once, with the time lost; the results count the retries). The cases:
   record decoding and no encoding). Same process, same bytes per response, same clients: the ratio of the two is
   what reading and encoding records costs against pushing the same bytes from the page cache. (The shard file
   itself would not do: it holds the compressed records, ~4x fewer bytes than a decoded batch.)
+- **floor: healthz**: ``GET /healthz`` (a few bytes, no dataset): what one request costs the HTTP stack and the
+  clients alone, with nothing to read or send; no case can have a lower p99 on this host.
 
 Each case also runs with one client (``--unloaded-duration``): the service time of one request with nothing
 queued, which under a closed loop of N clients bounds the latency to about N / (requests/s).
@@ -94,6 +96,7 @@ def cases(name: str, args: argparse.Namespace) -> dict[str, Callable[[random.Ran
     arrow = {"Accept": ARROW_STREAM}
     n, b = args.sequences, args.batch
     out: dict[str, Callable[[random.Random], Request]] = {
+        "floor: healthz": lambda rng: ("GET", "/healthz", {}, None),
         "single JSON": lambda rng: ("GET", f"{base}/sequences/{rng.randrange(n)}", {}, None),
         "single Arrow": lambda rng: ("GET", f"{base}/sequences/{rng.randrange(n)}", arrow, None),
         "static single": lambda rng: ("GET", f"{base}/files/{STATIC_SINGLE}", {}, None),

@@ -103,6 +103,7 @@ def sparsify(
             )
         if labels.numel() and int(labels.max()) >= vocab:
             raise InvalidInputError(f"labels must be < the {vocab} logits, got {int(labels.max())}")
+        labels = labels.to(logits.device)
     else:
         labels = None
     if streams is None or positions is None:  # unused by the deterministic methods
