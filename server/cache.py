@@ -9,6 +9,7 @@ from collections.abc import Hashable
 from typing import NamedTuple
 
 from logitstore.dataset import Dataset
+from logitstore.keyindex import KeyIndex
 from logitstore.record import Record
 from logitstore.wire import records_from_arrow, records_to_arrow
 
@@ -92,6 +93,10 @@ class CachingDataset(Dataset):
     ) -> None:
         super().__init__(location, verify=verify)
         self.cache, self.prefix = cache, prefix
+
+    def loaded_key_index(self) -> KeyIndex | None:
+        """The key index if it has been read (an immutable in-memory view, safe to search without the lock)."""
+        return self._key_index
 
     def __getitem__(self, seq_id: int) -> Record:
         record = self.cache.get((*self.prefix, seq_id))

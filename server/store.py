@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Store:
             raise InvalidInputError(f"store {str(root)!r} is not a directory; pass --store DIR holding datasets")
         self.verify = verify
         self.cache = RecordCache(cache_bytes)
-        self._open: dict[str, tuple[tuple[int, int, int], Dataset, threading.Lock]] = {}
+        self._open: dict[str, tuple[tuple[int, int, int], CachingDataset, threading.Lock]] = {}
         self._guard = threading.Lock()
 
     def names(self) -> list[str]:
@@ -74,6 +75,35 @@ class Store:
         It costs one ``stat`` of manifest.json: the name and the directory were checked (:meth:`directory`) when
         the dataset was opened, and a manifest with the same (inode, size, mtime) is the same file, so nothing but
         the records already read from it is served."""
+        found = self.cached_many(name, [seq_id])
+        return None if found is None else found[0]
+
+    def cached_many(self, name: str, seq_ids: list[int]) -> list[Cached] | None:
+        """The records ``seq_ids`` as :meth:`cached` finds them (one ``stat`` for all), or None unless every one is
+        in the cache."""
+        opened = self._current(name)
+        if opened is None:
+            return None
+        out = []
+        for seq_id in seq_ids:
+            entry = self.cache.entry((name, opened[0], seq_id))
+            if entry is None:
+                return None
+            out.append(entry)
+        return out
+
+    def cached_key(self, name: str, key: bytes) -> Cached | None:
+        """The record whose content key is ``key``, as :meth:`cached` finds it, when the dataset's key index is
+        already in memory (a binary search); else None (the index not read yet, no such key, a miss)."""
+        opened = self._current(name)
+        if opened is None:
+            return None
+        index = opened[1].loaded_key_index()
+        found = None if index is None else index.find(key)
+        return self.cache.entry((name, opened[0], found[0])) if found else None
+
+    def _current(self, name: str) -> tuple[tuple[int, int, int], CachingDataset, threading.Lock] | None:
+        """The open dataset ``name`` if it is the one on disk now (one ``stat`` of its manifest), else None."""
         opened = self._open.get(name)  # a dict read is atomic; a stale entry has another version
         if opened is None:
             return None
@@ -83,7 +113,7 @@ class Store:
             return None
         if opened[0] != (st.st_ino, st.st_size, st.st_mtime_ns):
             return None
-        return self.cache.entry((name, opened[0], seq_id))
+        return opened
 
     def directory(self, name: str) -> Path:
         if not NAME.fullmatch(name):
@@ -95,17 +125,23 @@ class Store:
             raise DatasetNotFoundError(f"no dataset {name!r} in this store")
         return path
 
-    def file(self, name: str, relpath: str) -> Path:
-        """The file ``relpath`` of dataset ``name``, refused unless it is one a reader needs and stays inside."""
+    def file(self, name: str, relpath: str) -> tuple[Path, os.stat_result]:
+        """The file ``relpath`` of dataset ``name`` (the path with symlinks resolved) and its ``stat``, refused unless
+        it is one a reader needs, a regular file, and stays inside the store. Only name checks and metadata calls
+        (a few ``stat``s; no shard read), so the service calls it on the event loop."""
         directory = self.directory(name)
         if not self._manifest(directory).is_file():
             raise DatasetNotFoundError(f"no dataset {name!r} in this store")
         if not SERVED.fullmatch(relpath) or ".." in relpath.split("/"):
             raise NotFoundError(f"no file {relpath!r} in dataset {name!r}")
-        path = directory / relpath
-        if not path.is_file() or not self._inside(path):
+        try:
+            path = (directory / relpath).resolve(strict=True)
+            st = path.stat()
+        except (OSError, RuntimeError):
+            raise NotFoundError(f"no file {relpath!r} in dataset {name!r}") from None
+        if not stat.S_ISREG(st.st_mode) or not path.is_relative_to(self.root):
             raise NotFoundError(f"no file {relpath!r} in dataset {name!r}")
-        return path
+        return path, st
 
     def _inside(self, path: Path) -> bool:
         """True when ``path`` resolves (following symlinks) inside the store."""

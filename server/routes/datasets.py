@@ -12,7 +12,7 @@ from logitstore.errors import LimitExceededError
 from logitstore.keys import parse_key
 from logitstore.record import Record
 from logitstore.server.errors import error_responses
-from logitstore.server.responses import ArrowResponse, RecordsJSONResponse
+from logitstore.server.responses import ArrowResponse, RecordsJSONResponse, cached_arrow_response
 from logitstore.server.schemas import (
     KEY_PATTERN,
     BatchRequest,
@@ -169,14 +169,23 @@ def _positions(request: Request, record: Record, start: int | None, stop: int | 
         ),
     },
 )
-def batch(request: Request, name: Name, body: BatchRequest) -> Response:
+async def batch(request: Request, name: Name, body: BatchRequest) -> Response:
     """Many records, in the order asked, as one Arrow IPC stream (or JSON ``{"records": [...]}``)."""
     limit = request.app.state.settings.max_batch_sequences
     if len(body.seq_ids) > limit:
         raise LimitExceededError(f"{len(body.seq_ids)} seq_ids in one batch, the limit is {limit}: split the batch")
+    if wants_arrow(request):
+        # every record in the cache: their kept streams, on the event loop (as for one record)
+        cached = _store(request).cached_many(name, body.seq_ids)
+        if cached is not None:
+            return cached_arrow_response(cached)
+    return await run_in_threadpool(_batch, request, name, body.seq_ids)
+
+
+def _batch(request: Request, name: str, seq_ids: list[int]) -> Response:
     dataset, lock = _store(request).dataset(name)
     with lock:
-        records = [dataset[i] for i in body.seq_ids]
+        records = [dataset[i] for i in seq_ids]
     return records_response(request, records, single=False)
 
 
@@ -188,7 +197,7 @@ def batch(request: Request, name: Name, body: BatchRequest) -> Response:
         **error_responses(401, 404, 422, 500, meaning={404: "no such dataset, or no sequence with this key"}),
     },
 )
-def by_key(
+async def by_key(
     request: Request,
     name: Name,
     key: Annotated[
@@ -202,7 +211,15 @@ def by_key(
 ) -> Response:
     """The record whose content key is ``key``."""
     parsed = parse_key(key)
+    if wants_arrow(request):
+        cached = _store(request).cached_key(name, parsed)
+        if cached is not None:
+            return cached_arrow_response([cached])
+    return await run_in_threadpool(_by_key, request, name, parsed)
+
+
+def _by_key(request: Request, name: str, key: bytes) -> Response:
     dataset, lock = _store(request).dataset(name)
     with lock:
-        record = dataset.get_by_key(parsed)
+        record = dataset.get_by_key(key)
     return records_response(request, [record], single=True)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import FileResponse
 
 from logitstore.server.errors import error_responses
-from logitstore.server.responses import ChunkedFileResponse
+from logitstore.server.responses import FileRangeResponse
 from logitstore.server.routes.datasets import BINARY, Name
 from logitstore.server.schemas import manifest_schema
 from logitstore.server.store import SERVED
@@ -39,7 +39,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/{name}/files/{path:path}", response_class=FileResponse, responses=RESPONSES, operation_id="get_file")
 @router.head("/{name}/files/{path:path}", response_class=FileResponse, responses=RESPONSES, operation_id="head_file")
-def file(
+async def file(
     request: Request,
     name: Name,
     path: Annotated[
@@ -60,9 +60,12 @@ def file(
             examples=["bytes=0-1023"],
         ),
     ] = None,  # type: ignore[assignment]  # optional, but documented as a string: a header is never null
-) -> FileResponse:
+) -> FileRangeResponse:
     """The bytes of one file of a dataset; ``Range: bytes=a-b`` gives part of it. (``byte_range`` is only checked
-    against its pattern here; the file response reads the header itself.)"""
-    target = request.app.state.store.file(name, path)
+    against its pattern here; the file response reads the header itself.)
+
+    ``async``: the checks of the name and the path (a few ``stat``s, no read) run on the event loop, and the
+    response reads the page cache from there too; only a read that would wait for the disk goes to a thread."""
+    target, stat_result = request.app.state.store.file(name, path)
     media = "application/json" if target.name.endswith(".json") else "application/octet-stream"
-    return ChunkedFileResponse(target, media_type=media)
+    return FileRangeResponse(target, stat_result, media_type=media)
