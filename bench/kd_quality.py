@@ -99,6 +99,14 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "SEL, label only (top-k 8 cache)": ("topk8", {"kind": "sel", "source": "label"}),
     "ULD (dense)": ("dense", {"kind": "uld"}),
     "ULD, top-k 32": ("topk32", {"kind": "uld"}),
+    # the two losses their papers only use beside CE, at those papers' mixes: CE + 9 KD and CE + 1.5 ULD
+    "standardized KD + CE (dense)": ("dense", {"kind": "standardized_kd", "temperature": 2.0, "ce_weight": 0.1}),
+    "standardized KD + CE, top-k 32 +stats": (
+        "topk32-stats",
+        {"kind": "standardized_kd", "temperature": 2.0, "ce_weight": 0.1},
+    ),
+    "ULD + CE (dense)": ("dense", {"kind": "uld", "ce_weight": 0.4}),
+    "ULD + CE, top-k 32": ("topk32", {"kind": "uld", "ce_weight": 0.4}),
 }
 REFERENCE, BASELINE = "full KD (dense)", "CE only"
 MINIBATCH_NOISE = "full KD, batch vs next batch"
@@ -331,12 +339,12 @@ def fixed_batches(cache: Path, setup: Setup, vocab_size: int) -> list[dict[str, 
 def gradient_reference(name: str) -> str | None:
     """The run whose gradient ``name``'s is compared with: the same loss on the dense cache (forward KL for the
     divergences, whose dense run is the reference); None when no dense run has that loss."""
-    cache, options = RUNS[name]
-    kind = options.get("kind", "forward_kl")
-    if kind in ("forward_kl", "reverse_kl", "jsd"):
+    _, options = RUNS[name]
+    if options.get("kind", "forward_kl") in ("forward_kl", "reverse_kl", "jsd"):
         return REFERENCE
+    same = {k: v for k, v in options.items() if k != "tail"}
     for other, (other_cache, other_options) in RUNS.items():
-        if other_cache == "dense" and other_options.get("kind") == kind:
+        if other_cache == "dense" and {k: v for k, v in other_options.items() if k != "tail"} == same:
             return other
     return None
 
