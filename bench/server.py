@@ -19,8 +19,9 @@ one counts once, with the time lost; the results count the retries). The cases:
 - **static single** / **static batch**: the very bytes of a single-sequence and of a batch Arrow response,
   captured from the running server and written as files under the dataset's ``shards/`` directory, served by the
   same uvicorn through ``GET /files/...`` (the service's static-file path, ``FileRangeResponse``: page-cache reads
-  on the event loop, with no record decoding and no encoding). Same process, same bytes per response, same clients: the ratio of the two is
-  what reading and encoding records costs against pushing the same bytes from the page cache. (The shard file
+  on the event loop, with no record decoding and no encoding). Same process, same bytes per response, same
+  clients: the ratio of the two is what reading and encoding records costs against pushing the same bytes from the
+  page cache. (The shard file
   itself would not do: it holds the compressed records, ~4x fewer bytes than a decoded batch.)
 - **floor: healthz**: ``GET /healthz`` (a few bytes, no dataset): what one request costs the HTTP stack and the
   clients alone, with nothing to read or send; no case can have a lower p99 on this host.
