@@ -138,7 +138,7 @@ def _apply(
     if labels is not None:
         extra["label_logprob"] = _label_logprob(z, out.lse, labels)
     if spec.logit_stats:
-        extra["logit_mean"], extra["logit_std"] = _logit_stats(z)
+        extra["logit_mean"], extra["logit_std"] = logit_stats(z)
     return replace(out, **extra) if extra else out
 
 
@@ -150,7 +150,7 @@ def _label_logprob(z: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor) -> 
     return torch.where(has, picked, torch.full_like(picked, float("nan")))
 
 
-def _logit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``[R]`` mean and Bessel-corrected standard deviation of each row's finite logits, accumulated in float64
     (so the result does not depend on the summation order)."""
     finite = torch.isfinite(z)

@@ -146,10 +146,7 @@ def divergence_loss(
 
     kd_pos, ce_pos = per_position(run, flat, targets, chunk_size)
     valid = mask.reshape(positions, -1).any(-1)
-    kd_loss_value = masked_mean(kd_pos, valid) * temperature**2
-    if ce_weight == 0:
-        return kd_loss_value
-    return mix_ce(kd_loss_value, ce_pos, targets[5], ce_weight)  # type: ignore[arg-type]
+    return mix_ce(masked_mean(kd_pos, valid) * temperature**2, ce_pos, targets[5], ce_weight)
 
 
 def batch_labels(batch: Mapping[str, Any], labels: torch.Tensor | None, ce_weight: float = 0.0) -> torch.Tensor | None:
@@ -166,8 +163,12 @@ def batch_labels(batch: Mapping[str, Any], labels: torch.Tensor | None, ce_weigh
     return labels
 
 
-def mix_ce(kd: torch.Tensor, ce_pos: torch.Tensor, labels: torch.Tensor, ce_weight: float) -> torch.Tensor:
-    """``(1 - ce_weight) * kd + ce_weight * CE``, CE averaged over the positions that have a label."""
+def mix_ce(kd: torch.Tensor, ce_pos: torch.Tensor, labels: torch.Tensor | None, ce_weight: float) -> torch.Tensor:
+    """``(1 - ce_weight) * kd + ce_weight * CE``, CE averaged over the positions that have a label; ``kd`` itself
+    when ``ce_weight`` is 0 (``labels`` may then be None)."""
+    if ce_weight == 0:
+        return kd
+    assert labels is not None  # batch_labels refuses ce_weight > 0 without labels
     return (1.0 - ce_weight) * kd + ce_weight * masked_mean(ce_pos, labels != IGNORE_INDEX)
 
 

@@ -102,7 +102,7 @@ def nkd_loss(
     nkd, ce = per_position(run, flat, targets, chunk_size)
     has = (labels.reshape(n) != IGNORE_INDEX) & ~torch.isnan(label_lp.reshape(n)) & mask.reshape(n, -1).any(-1)
     value = masked_mean(nkd, has)
-    return value if ce_weight == 0 else mix_ce(value, ce, labels.reshape(n), ce_weight)
+    return mix_ce(value, ce, labels.reshape(n), ce_weight)
 
 
 def _chunk(

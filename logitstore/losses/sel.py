@@ -93,7 +93,7 @@ def sel_loss(
 
     sel, ce = per_position(run, flat, targets, chunk_size)
     value = masked_mean(sel, mask.reshape(n, -1).any(-1))
-    return value if ce_weight == 0 else mix_ce(value, ce, targets[4], ce_weight)  # type: ignore[arg-type]
+    return mix_ce(value, ce, targets[4], ce_weight)
 
 
 def _chunk(

@@ -31,6 +31,7 @@ from logitstore.losses._common import (
     student_positions,
 )
 from logitstore.losses.divergence import batch_labels, label_nll, mix_ce
+from logitstore.sparsify import logit_stats
 
 EPS = 1e-7
 
@@ -62,8 +63,8 @@ def standardized_kd_loss(
     ids, lp, mask = batch["target_ids"], batch["target_logprobs"].float(), batch["target_mask"]
     spec = batch.get("spec")
     if batch.get("logit_std") is None and spec is not None and spec.method == "dense":
-        finite = mask & torch.isfinite(lp)
-        std = _masked_std(lp, finite)  # logprobs are the logits shifted by lse: the same std
+        # logprobs are the logits shifted by lse, so they have the same std (masked entries are -inf: skipped)
+        std = logit_stats(lp.reshape(-1, lp.shape[-1]))[1].reshape(lp.shape[:-1])
     else:
         std = require(batch, "logit_std", "logit-standardized KD").float()
     labels = batch_labels(batch, labels, ce_weight)
@@ -80,20 +81,12 @@ def standardized_kd_loss(
 
     kd, ce = per_position(run, flat, targets, chunk_size)
     value = masked_mean(kd, mask.reshape(n, -1).any(-1)) * temperature**2
-    return value if ce_weight == 0 else mix_ce(value, ce, targets[4], ce_weight)  # type: ignore[arg-type]
+    return mix_ce(value, ce, targets[4], ce_weight)
 
 
 def standardize(v: torch.Tensor) -> torch.Tensor:
     """``[P, V]`` z-scored rows: ``(v - mean) / (std + EPS)``, ``std`` Bessel-corrected (the paper's code)."""
     return (v - v.mean(dim=-1, keepdim=True)) / (v.std(dim=-1, keepdim=True) + EPS)
-
-
-def _masked_std(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``[..., K] -> [...]`` Bessel-corrected standard deviation of the kept entries."""
-    count = keep.sum(-1).clamp(min=2)
-    vals = x.masked_fill(~keep, 0.0)
-    mean = vals.sum(-1, keepdim=True) / count[..., None]
-    return torch.sqrt((torch.square(vals - mean) * keep).sum(-1) / (count - 1))
 
 
 def _chunk(

@@ -99,7 +99,7 @@ def uld_loss(
 
     uld, ce = per_position(run, flat, targets, chunk_size)
     value = masked_mean(uld, mask.reshape(n, -1).any(-1))
-    return value if ce_weight == 0 else mix_ce(value, ce, targets[2], ce_weight)  # type: ignore[arg-type]
+    return mix_ce(value, ce, targets[2], ce_weight)
 
 
 def _chunk(
