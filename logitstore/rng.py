@@ -78,9 +78,10 @@ def uniforms(streams: torch.Tensor, positions: torch.Tensor, num_draws: int) -> 
     s0 = streams[:, 0:1] & _MASK32
     s1 = streams[:, 1:2] & _MASK32
     state = _mix32(s0 ^ _mix32((positions[:, None] & _MASK32) ^ _mix32(s1 ^ 0x9E3779B9)))
-    draw = torch.arange(num_draws, device=streams.device, dtype=torch.int64)[None, :]
-    hi = _mix32(_mix32(state ^ (2 * draw)) ^ s1)
-    lo = _mix32(_mix32(state ^ (2 * draw + 1)) ^ s1)
+    # words 2d and 2d + 1 of each row are draw d's high and low halves (one pass over [N, 2 * num_draws])
+    word = torch.arange(2 * num_draws, device=streams.device, dtype=torch.int64)[None, :]
+    words = _mix32(_mix32(state ^ word) ^ s1)
+    hi, lo = words[:, 0::2], words[:, 1::2]
     bits = (hi >> 5) * (1 << 26) + (lo >> 6)  # 27 + 26 = 53 bits
     return bits.to(torch.float64) * (1.0 / (1 << 53))
 

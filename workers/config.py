@@ -11,6 +11,7 @@ from typing import Any
 from logitstore.audit import parse_audit_fraction
 from logitstore.errors import InvalidInputError
 from logitstore.manifest import parse_backend
+from logitstore.sparsify import ALGORITHM_VERSION
 from logitstore.spec import Encoding, Spec, parse_encoding
 
 SPEC_KEYS = (
@@ -89,6 +90,8 @@ class PrecomputeConfig:
             "pack": self.pack,
             "batch_size": self.batch_size,
             "sequences_per_shard": self.sequences_per_shard,
+            # shards computed by another version of the sparsifiers may differ bit for bit: never mix them
+            "sparsify_version": ALGORITHM_VERSION,
             **audit,
         }
 
