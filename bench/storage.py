@@ -24,8 +24,10 @@ parquet and zarr, encodings compact (q16 logprobs, error bound 0.02 nats) and lo
 
 The timed runs use ``torch.set_num_threads(1)`` in a process pinned to a single CPU (``os.sched_setaffinity``) unless
 ``--no-pin``, so every throughput is a one-core number (library threads, if any, share that core). Logits come from
-the synthetic teacher in ``bench/teacher_like.py``. Results: stdout, ``bench/out/storage.md`` and
-``bench/out/storage.json``.
+the synthetic teacher in ``bench/teacher_like.py``, or with ``--teacher DIR --text PATH`` from a real model over a
+real corpus (``bench/real_teacher.py``; e.g. the demo teacher kept by ``bench/kd_quality.py``:
+``--teacher bench/out/kd_quality/teacher --text bench/out/kd_quality/corpus/heldout.jsonl``). Results: stdout,
+``bench/out/storage.md`` and ``bench/out/storage.json``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from real_teacher import ModelTeacher  # noqa: E402
 from teacher_like import NOISE_STD, PRIOR_WEIGHT, TeacherLike, entropy_and_lse  # noqa: E402
 
 import logitstore  # noqa: E402
@@ -92,7 +95,7 @@ class MethodData:
 @dataclass
 class VocabData:
     vocab: int
-    teacher: TeacherLike
+    teacher: TeacherLike | ModelTeacher
     entropy: np.ndarray  # [P] float64 teacher entropy per position
     methods: dict[str, MethodData]
     seconds: dict[str, float]
@@ -109,21 +112,29 @@ def _prepare_sequences(
     stop: int,
     seq_len: int,
     seed: int,
-    spike_scale: float,
-    teacher_kwargs: dict[str, Any],
+    source: dict[str, Any],
     cpu: int | None,
 ) -> dict[str, Any]:
-    """Generate, score and sparsify sequences ``first..stop-1`` (runs in a worker process, one torch thread)."""
+    """Generate (or run the model), score and sparsify sequences ``first..stop-1`` (in a worker process, one torch
+    thread). ``source``: ``{"model": dir, "text": path}`` for a real teacher, else ``{"spike_scale": c,
+    "teacher_kwargs": {...}}`` for the synthetic one."""
     torch.set_num_threads(1)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    teacher = TeacherLike(vocab, seed=seed, spike_scale=spike_scale, **teacher_kwargs)
+    teacher: TeacherLike | ModelTeacher
+    if "model" in source:
+        teacher = ModelTeacher(source["model"], source["text"], max_tokens=stop * seq_len)
+    else:
+        teacher = TeacherLike(vocab, seed=seed, spike_scale=source["spike_scale"], **source["teacher_kwargs"])
     specs = {m: make_spec(m, logitstore.COMPACT, seed) for m in METHODS}
     data = {m: MethodData() for m in METHODS}
     seconds = {"generate": 0.0, "entropy": 0.0}
     entropies = []
     for i in range(first, stop):
-        input_ids = np.random.default_rng([seed, vocab, i]).integers(0, vocab, size=seq_len, dtype=np.int32)
+        if isinstance(teacher, ModelTeacher):
+            input_ids = teacher.input_ids(i, seq_len)
+        else:
+            input_ids = np.random.default_rng([seed, vocab, i]).integers(0, vocab, size=seq_len, dtype=np.int32)
         key = logitstore.content_key(input_ids)
         streams, positions = position_streams(seed, [key], [seq_len])
         t = time.perf_counter()
@@ -157,17 +168,26 @@ def build_vocab_data(
     jobs: int,
     cpus: list[int | None],
     teacher_kwargs: dict[str, Any],
+    model: ModelTeacher | None = None,
 ) -> VocabData:
-    """Calibrate the teacher here, then generate + sparsify the sequences in ``jobs`` worker processes."""
+    """Calibrate the synthetic teacher here (or take ``model``'s logits), then generate + sparsify the sequences
+    in ``jobs`` worker processes."""
     t0 = time.perf_counter()
-    teacher = TeacherLike(vocab, seed=seed, calibration_positions=calib, **teacher_kwargs)
+    teacher: TeacherLike | ModelTeacher
+    if model is not None:
+        teacher = model
+        model.check_length(num_seqs, seq_len)
+        source: dict[str, Any] = {"model": str(model.directory), "text": str(model.text)}
+    else:
+        teacher = TeacherLike(vocab, seed=seed, calibration_positions=calib, **teacher_kwargs)
+        assert teacher.spike_scale is not None
+        source = {"spike_scale": teacher.spike_scale, "teacher_kwargs": teacher_kwargs}
     seconds = {"calibrate": time.perf_counter() - t0, "generate": 0.0, "entropy": 0.0}
     log(f"V={vocab}: {teacher.describe()} [{seconds['calibrate']:.1f}s]")
-    assert teacher.spike_scale is not None
     jobs = max(1, min(jobs, num_seqs))
     bounds = [num_seqs * j // jobs for j in range(jobs + 1)]
     if jobs == 1:  # in this process (on whatever CPU it is pinned to)
-        parts = [_prepare_sequences(vocab, 0, num_seqs, seq_len, seed, teacher.spike_scale, teacher_kwargs, None)]
+        parts = [_prepare_sequences(vocab, 0, num_seqs, seq_len, seed, source, None)]
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
@@ -179,8 +199,7 @@ def build_vocab_data(
                     bounds[j + 1],
                     seq_len,
                     seed,
-                    teacher.spike_scale,
-                    teacher_kwargs,
+                    source,
                     cpus[j % len(cpus)],
                 )
                 for j in range(jobs)
@@ -480,8 +499,15 @@ def render(
             else []
         ),
         f"- data: {meta['num_sequences']} sequences x T={meta['seq_len']} = {meta['num_tokens']} tokens per "
-        f"configuration; random input_ids uniform in [0, V); seed {meta['seed']}",
-        "- synthetic teacher (bench/teacher_like.py): per position z = a*log zipf(id) (exponent 1.1, low id = "
+        + (
+            f"configuration; the corpus's own tokens; seed {meta['seed']}"
+            if meta.get("model_teacher")
+            else f"configuration; random input_ids uniform in [0, V); seed {meta['seed']}"
+        ),
+        "- real teacher (bench/real_teacher.py): the model's float32 logits over its tokenized corpus, documents "
+        "joined with EOS"
+        if meta.get("model_teacher")
+        else "- synthetic teacher (bench/teacher_like.py): per position z = a*log zipf(id) (exponent 1.1, low id = "
         'frequent) + N(0, sigma^2) on every logit + 8 context "spike" ids drawn from the zipf prior with boost '
         "c*U(0,1)*Exp(1); c calibrated at startup for a mean entropy of 2.5 nats"
         + (f" (overrides: {meta['teacher_overrides']})" if meta["teacher_overrides"] else ""),
@@ -646,6 +672,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"teacher_like weight of the zipf log-prior (default {PRIOR_WEIGHT})",
     )
+    ap.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="a Hugging Face causal LM directory: measure its real logits (over --text) instead of the synthetic "
+        "teacher's; its vocabulary replaces --vocab",
+    )
+    ap.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="the corpus for --teacher: JSONL with a text field, or plain text (one document per line)",
+    )
     ap.add_argument("--out", type=Path, default=OUT_DIR, help="directory for storage.md / storage.json")
     ap.add_argument("--workdir", type=Path, default=None, help="where datasets are written (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the written datasets")
@@ -663,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also cProfile one topk64/compact encode + decode per backend (first V) into --out",
     )
     args = ap.parse_args(argv)
+    if (args.teacher is None) != (args.text is None):
+        ap.error("--teacher and --text go together: the model directory and the corpus it reads")
 
     seq_len = args.seq_len or (512 if args.quick else 2048)
     tokens = args.tokens or (4 * seq_len if args.quick else 32_768)
@@ -695,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     vocab_meta: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
     try:
-        for vocab in args.vocab:
+        model = None if args.teacher is None else ModelTeacher(args.teacher, args.text, max_tokens=tokens)
+        for vocab in args.vocab if model is None else [model.vocab_size]:
             vd = build_vocab_data(
                 vocab,
                 num_seqs,
@@ -706,13 +748,14 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=jobs,
                 cpus=worker_cpus,
                 teacher_kwargs=teacher_kwargs,
+                model=model,
             )
             q = np.quantile(vd.entropy, [0.1, 0.5, 0.9])
             vocab_meta.append(
                 {
                     "vocab": vocab,
                     "teacher": vd.teacher.describe(),
-                    "spike_scale": vd.teacher.spike_scale,
+                    "spike_scale": getattr(vd.teacher, "spike_scale", None),
                     "mean_entropy": float(vd.entropy.mean()),
                     "entropy_quantiles": {"p10": float(q[0]), "p50": float(q[1]), "p90": float(q[2])},
                     "seconds": vd.seconds,
@@ -788,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "rest_floor": REST_FLOOR,
         "teacher_overrides": teacher_kwargs,
+        "model_teacher": None if args.teacher is None else {"directory": str(args.teacher), "text": str(args.text)},
         "cpu_over_wall": _cpu_over_wall(results),
         "git": git_at_start,
         "git_at_end": git_state(),
