@@ -105,14 +105,22 @@ def write_blobs(ids: np.ndarray, codes: np.ndarray, entries: np.ndarray, id_byte
 
 
 def unplanes(column: pa.ChunkedArray, width: int, dtype: type) -> np.ndarray:
-    """The values of every sequence's blob, back in one array (inverse of :func:`planes`)."""
-    out = []
-    for blob in column.combine_chunks().to_numpy(zero_copy_only=False):
-        raw = np.frombuffer(blob, dtype=np.uint8).reshape(width, -1).T
-        wide = np.zeros((raw.shape[0], np.dtype(dtype).itemsize), dtype=np.uint8)
-        wide[:, :width] = raw
-        out.append(wide.view(dtype).ravel())
-    return np.concatenate(out)
+    """The values of every sequence's blob, back in one array (inverse of :func:`planes`), reading the column's
+    data buffer in place: a sequence's blob is its ``width`` byte planes of ``n`` bytes each."""
+    arr = column.combine_chunks()
+    starts = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1)[arr.offset :]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+    sizes = (starts[1:] - starts[:-1]) // width
+    out = np.empty(int(sizes.sum()), dtype=dtype)
+    at = 0
+    for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
+        bytes_ = data[start : start + width * n].reshape(width, n)
+        dest = out[at : at + n]
+        np.copyto(dest, bytes_[0])
+        for p in range(1, width):
+            dest |= bytes_[p].astype(dtype) << (8 * p)
+        at += n
+    return out
 
 
 def read_blobs(data: bytes, id_bytes: int) -> tuple[np.ndarray, np.ndarray]:
