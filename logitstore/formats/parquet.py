@@ -1,8 +1,13 @@
-"""Parquet shards: one row per sequence, list columns, one row group per writer flush.
+"""Parquet shards: one row per sequence, one row group per writer flush.
 
-Entry columns hold the codec's small unsigned integers (see :mod:`logitstore.codec`), stored with Parquet's
-BYTE_STREAM_SPLIT encoding and zstd so each byte plane is entropy-coded on its own. Random access reads and
-decodes a single row group. The file's key-value metadata (``logitstore``) holds the spec and vocabulary size.
+Per-position columns are lists stored with Parquet's BYTE_STREAM_SPLIT encoding and zstd, so each byte plane is
+entropy-coded on its own. The entry columns that hold the codec's small unsigned integers (ids, q16 codes, counts;
+see :mod:`logitstore.codec`) are instead one binary value per sequence holding the values' own byte planes, plane
+0 first (``ENTRY_PLANES``: 2 planes for ids below 65,536 and for 16-bit codes), under the same zstd: Parquet would
+widen them to 4-byte INT32 planes, and writing and reading them costs about twice as much that way
+(``bench/parquet_layouts.py``). Shards written before this layout (list entry columns) read as before: the
+column's type says which it is. Random access reads and decodes a single row group. The file's key-value metadata
+(``logitstore``) holds the spec, the vocabulary size and the plane widths.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ _TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse", "logit_mean", "logit_std")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
 _KEY_TYPE = pa.binary(16)
 ZSTD_LEVEL = 1
+#: Write the unsigned entry columns as byte-plane blobs (False: list columns, the layout of older shards).
+ENTRY_PLANES = True
 
 
 class ParquetShardWriter(ShardWriter):
@@ -40,16 +47,18 @@ class ParquetShardWriter(ShardWriter):
             values = getattr(cols, name)
             if values is not None:
                 arrays[name] = _list(tok_off, values)
+        widths = self._plane_widths(cols)
         for name in _ENTRY_COLUMNS:
             values = getattr(cols, name)
             if values is not None:
-                arrays[name] = _list(ent_off, values)
+                arrays[name] = _planes(values, widths[name], ent_off) if name in widths else _list(ent_off, values)
         if cols.label_logprob is not None:  # every position but the last of each sequence
             arrays["label_logprob"] = _list(_offsets(cols.lengths - 1, np.int64), cols.label_logprob)
         # Nothing is ever null: non-nullable fields spare Parquet a definition level per value (~15% faster reads).
         table = pa.table(arrays, schema=pa.schema([pa.field(n, a.type, nullable=False) for n, a in arrays.items()]))
         if self._writer is None:
-            schema = table.schema.with_metadata({"logitstore": json.dumps(shard_metadata(self.spec, self.vocab_size))})
+            meta = {**shard_metadata(self.spec, self.vocab_size), **({"entry_planes": widths} if widths else {})}
+            schema = table.schema.with_metadata({"logitstore": json.dumps(meta)})
             # BYTE_STREAM_SPLIT is set per leaf column; a list column's leaf is "<name>.list.element".
             split = [f"{n}.list.element" for n in table.column_names if n not in ("seq_id", "key")]
             self._writer = pq.ParquetWriter(
@@ -63,6 +72,17 @@ class ParquetShardWriter(ShardWriter):
             )
             table = table.replace_schema_metadata(schema.metadata)
         self._writer.write_table(table, row_group_size=len(cols))
+
+    def _plane_widths(self, cols: Columns) -> dict[str, int]:
+        """Bytes per value of each entry column written as planes: the ids' by the vocabulary, 2 for uint16."""
+        if not ENTRY_PLANES:
+            return {}
+        widths = {"ids": max(1, (max(self.vocab_size - 1, 1).bit_length() + 7) // 8)} if cols.ids is not None else {}
+        for name in ("logprobs", "counts"):
+            values = getattr(cols, name)
+            if values is not None and values.dtype == np.uint16:
+                widths[name] = 2
+        return widths
 
     def _close(self) -> None:
         if self._writer is not None:
@@ -97,7 +117,14 @@ class ParquetShardReader(ShardReader):
 
     def _read_group_uncached(self, group: int) -> Columns:
         table = self._open().read_row_group(group)
-        return _table_to_columns(table)
+        return _table_to_columns(table, self._planes)
+
+    @property
+    def _planes(self) -> dict[str, tuple[int, type]]:
+        """Entry columns stored as byte planes: name -> (bytes per value, dtype), from the file's metadata."""
+        meta = self._open().schema_arrow.metadata or {}
+        widths = json.loads(meta.get(b"logitstore", b"{}")).get("entry_planes", {})
+        return {name: (int(w), np.uint32 if name == "ids" else np.uint16) for name, w in widths.items()}
 
     def _read_columns(self, start: int, stop: int) -> Columns:
         self._open()
@@ -139,6 +166,35 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(pa.array(offsets), flat, type=kind)
 
 
+def _planes(values: np.ndarray, width: int, offsets: np.ndarray) -> pa.LargeBinaryArray:
+    """One binary value per sequence (``offsets [n + 1]`` into ``values``): the ``width`` low bytes of its values
+    as byte planes, plane 0 (the lowest byte of every value) first."""
+    raw = values.view(np.uint8).reshape(-1, values.dtype.itemsize)[:, :width]  # little-endian: low bytes first
+    data = np.empty(len(values) * width, dtype=np.uint8)
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        data[a * width : b * width].reshape(width, b - a)[...] = raw[a:b].T
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets * width), pa.py_buffer(data)]
+    )
+
+
+def _unplanes(arr: pa.LargeBinaryArray, width: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`_planes`: the flat values and the values per row, read in place from the data buffer."""
+    starts = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1, offset=8 * arr.offset)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    sizes = (starts[1:] - starts[:-1]) // width
+    out: np.ndarray = np.empty(int(sizes.sum()), dtype=dtype)
+    at = 0
+    for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
+        planes = data[start : start + width * n].reshape(width, n)
+        dest = out[at : at + n]
+        np.copyto(dest, planes[0])
+        for p in range(1, width):
+            dest |= planes[p].astype(dtype) << (8 * p)
+        at += n
+    return out, sizes.astype(np.int64)
+
+
 def _offsets(lengths: np.ndarray, dtype: type) -> np.ndarray:
     out: np.ndarray = np.zeros(len(lengths) + 1, dtype=dtype)
     np.cumsum(lengths, out=out[1:])
@@ -156,12 +212,23 @@ def _list_values(table: pa.Table, name: str) -> tuple[np.ndarray | None, np.ndar
     return values, np.diff(offsets).astype(np.int64)
 
 
-def _table_to_columns(table: pa.Table) -> Columns:
+def _entry_values(
+    table: pa.Table, name: str, planes: dict[str, tuple[int, type]]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Flat values and per-row counts of an entry column, in either layout."""
+    if name not in table.column_names or name not in planes:
+        return _list_values(table, name)
+    column = table.column(name)
+    return _unplanes(column.chunk(0) if column.num_chunks == 1 else column.combine_chunks(), *planes[name])
+
+
+def _table_to_columns(table: pa.Table, planes: dict[str, tuple[int, type]] | None = None) -> Columns:
+    planes = planes or {}
     keys = table.column("key").combine_chunks()
     key_bytes = np.frombuffer(keys.buffers()[1], dtype=np.uint8, count=16 * len(keys), offset=16 * keys.offset)
     input_ids, input_lengths = _list_values(table, "input_ids")
     lse, lengths = _list_values(table, "lse")
-    logprobs, num_entries = _list_values(table, "logprobs")
+    logprobs, num_entries = _entry_values(table, "logprobs", planes)
     return Columns(
         seq_ids=table.column("seq_id").to_numpy(),
         keys=key_bytes.reshape(-1, 16),
@@ -171,9 +238,9 @@ def _table_to_columns(table: pa.Table) -> Columns:
         input_ids=input_ids,  # type: ignore[arg-type]
         lse=lse,  # type: ignore[arg-type]
         nnz=_list_values(table, "nnz")[0],  # type: ignore[arg-type]
-        ids=_list_values(table, "ids")[0],
+        ids=_entry_values(table, "ids", planes)[0],
         logprobs=logprobs,  # type: ignore[arg-type]
-        counts=_list_values(table, "counts")[0],
+        counts=_entry_values(table, "counts", planes)[0],
         proposal_lse=_list_values(table, "proposal_lse")[0],
         label_logprob=_list_values(table, "label_logprob")[0],
         logit_mean=_list_values(table, "logit_mean")[0],

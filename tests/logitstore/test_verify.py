@@ -6,13 +6,14 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from logitstore import DatasetWriter, Spec, open_dataset
 from logitstore.cli import main
 from logitstore.errors import ChecksumMismatchError, CorruptShardError
+from logitstore.formats import parquet as parquet_format
 from logitstore.fs import digest, resolve
 from logitstore.verify import verify_dataset
 from tests.conftest import synthetic_record, teacher
@@ -109,10 +110,10 @@ def test_deep_verify_finds_broken_invariants_behind_a_valid_checksum(tmp_path, r
     manifest = json.loads((root / "manifest.json").read_text())
     rel = manifest["shards"][0]["path"]
     table = pq.read_table(root / rel)
-    ids = table.column("ids").combine_chunks()
-    values = ids.values.to_numpy().copy()
+    ids = table.column("ids").combine_chunks()  # byte planes: 2 per id at V = 500
+    values, per_row = parquet_format._unplanes(ids, 2, np.uint32)
     values[3] = 10_000  # vocab is 500
-    broken = pa.LargeListArray.from_arrays(ids.offsets, pa.array(values))
+    broken = parquet_format._planes(values, 2, np.concatenate([[0], np.cumsum(per_row)]))
     table = table.set_column(table.column_names.index("ids"), "ids", broken)
     pq.write_table(table, root / rel)
     nbytes, sha = digest(*resolve(root / rel))

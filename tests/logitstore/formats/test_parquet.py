@@ -1,0 +1,78 @@
+"""The Parquet backend's entry layout: byte-plane blobs for the unsigned entry columns, list columns in older
+shards, and both read back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from logitstore import LOSSLESS, DatasetWriter, Spec, open_dataset
+from logitstore.formats import parquet as parquet_format
+from tests.conftest import synthetic_record, teacher
+
+
+def _write(root, spec: Spec, vocab: int, rng: np.random.Generator) -> list:
+    records = [
+        synthetic_record(spec, rng, seq_id=i, length=int(rng.integers(1, 60)), vocab_size=vocab, neg_inf=True)
+        for i in range(25)
+    ]
+    with DatasetWriter(root, spec=spec, teacher=teacher(vocab), backend="parquet") as w:
+        for r in records:
+            w.write(r)
+    return records
+
+
+def _shard(root) -> pq.ParquetFile:
+    manifest = json.loads((root / "manifest.json").read_text())
+    return pq.ParquetFile(root / manifest["shards"][0]["path"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "vocab", "planes"),
+    [
+        (Spec(method="topk", k=12), 500, {"ids": 2, "logprobs": 2}),  # ids below 2^16: two planes
+        (Spec(method="sample", n=30), 200_000, {"ids": 3, "logprobs": 2, "counts": 2}),  # 18-bit ids: three
+        (Spec(method="topp", p=0.9, k=40, encoding=LOSSLESS), 70_000, {"ids": 3}),  # float32 logprobs stay lists
+        (Spec(method="topk", k=3), 200, {"ids": 1, "logprobs": 2}),
+    ],
+)
+def test_unsigned_entry_columns_are_byte_planes_and_read_back_exactly(tmp_path, rng, spec, vocab, planes) -> None:
+    records = _write(tmp_path / "ds", spec, vocab, rng)
+    shard = _shard(tmp_path / "ds")
+    assert json.loads(shard.schema_arrow.metadata[b"logitstore"])["entry_planes"] == planes
+    for name in ("ids", "logprobs", "counts"):
+        if name in shard.schema_arrow.names:
+            kind = shard.schema_arrow.field(name).type
+            assert (kind == pa.large_binary()) == (name in planes), name
+    ds = open_dataset(tmp_path / "ds", verify=True)
+    for r in records:
+        assert ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound)
+
+
+def test_shards_with_list_entry_columns_still_read(tmp_path, rng, monkeypatch) -> None:
+    """Shards written before the byte-plane layout (list columns, no entry_planes metadata) read as before."""
+    spec = Spec(method="sample", n=20)
+    monkeypatch.setattr(parquet_format, "ENTRY_PLANES", False)
+    records = _write(tmp_path / "ds", spec, 40_000, rng)
+    shard = _shard(tmp_path / "ds")
+    assert "entry_planes" not in json.loads(shard.schema_arrow.metadata[b"logitstore"])
+    assert pa.types.is_large_list(shard.schema_arrow.field("ids").type)
+    monkeypatch.setattr(parquet_format, "ENTRY_PLANES", True)  # today's reader
+    ds = open_dataset(tmp_path / "ds", verify=True)
+    assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
+
+
+def test_planes_round_trip_empty_and_uneven_rows() -> None:
+    values = np.array([1, 70_000, 5, 0, 16_777_215, 2], dtype=np.uint32)
+    offsets = np.array([0, 0, 2, 2, 6], dtype=np.int64)  # an empty first and third row
+    blob = parquet_format._planes(values, 3, offsets)
+    assert blob.to_pylist()[1] == bytes([1 & 255, 70_000 & 255, 0, 70_000 >> 8 & 255, 0, 70_000 >> 16])
+    back, per_row = parquet_format._unplanes(blob, 3, np.uint32)
+    assert back.tolist() == values.tolist() and per_row.tolist() == [0, 2, 0, 4]
+    empty = parquet_format._planes(np.zeros(0, np.uint16), 2, np.zeros(3, np.int64))
+    back, per_row = parquet_format._unplanes(empty, 2, np.uint16)
+    assert back.size == 0 and per_row.tolist() == [0, 0]
