@@ -9,11 +9,11 @@ The codec's physical columns of top-k 64 compact records (synthetic teacher, ``b
 to an in-memory Parquet file in two layouts, and the time of each (one core, best of ``--repeats``) and its bytes
 are compared in the same run, so the ratio holds on a slow host too:
 
-- **lists** (today's shards): one list<uint32> ``ids`` and one list<uint16> ``logprobs`` row per sequence, each with
-  BYTE_STREAM_SPLIT and zstd 1 (Parquet widens both to INT32: 4 byte planes per value);
-- **blobs**: one binary value per sequence per column holding the values' byte planes one after another (ids in
-  ``ceil(log2(V) / 8)`` planes, codes in 2), split by numpy, compressed by the same zstd 1 inside Parquet. The
-  time includes the numpy split.
+- **lists** (shards before 2026-12-02): one list<uint32> ``ids`` and one list<uint16> ``logprobs`` row per
+  sequence, each with BYTE_STREAM_SPLIT and zstd 1 (Parquet widens both to INT32: 4 byte planes per value);
+- **blobs** (today's shards since 2026-12-02, ``logitstore.formats.parquet``): one binary value per sequence per
+  column holding the values' byte planes one after another (ids in ``ceil(log2(V) / 8)`` planes, codes in 2),
+  split by numpy, compressed by the same zstd 1 inside Parquet. The time includes the numpy split.
 
 Only the two entry columns are written: they are ~97% of a top-k shard's bytes and of the writer's time.
 """
@@ -38,6 +38,7 @@ from teacher_like import TeacherLike  # noqa: E402
 
 import logitstore  # noqa: E402
 from logitstore.codec import encode  # noqa: E402
+from logitstore.formats.parquet import _planes, _unplanes  # noqa: E402  (the layout shards now use)
 from logitstore.sparsify import sparsify  # noqa: E402
 
 VOCAB = 32_000
@@ -84,18 +85,9 @@ def read_lists(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return tuple(table.column(n).combine_chunks().values.to_numpy() for n in ("ids", "logprobs"))  # type: ignore[return-value]
 
 
-def planes(values: np.ndarray, width: int, offsets: np.ndarray) -> pa.Array:
-    """One binary value per sequence: its values' ``width`` low byte planes, plane 0 first."""
-    raw = values.view(np.uint8).reshape(-1, values.dtype.itemsize)[:, :width]  # little-endian low bytes
-    parts = []
-    for a, b in zip(offsets[:-1], offsets[1:], strict=True):
-        parts.append(np.ascontiguousarray(raw[a:b].T).tobytes())
-    return pa.array(parts, type=pa.large_binary())
-
-
 def write_blobs(ids: np.ndarray, codes: np.ndarray, entries: np.ndarray, id_bytes: int) -> bytes:
     offsets = np.concatenate([[0], np.cumsum(entries)]).astype(np.int64)
-    table = pa.table({"ids": planes(ids, id_bytes, offsets), "logprobs": planes(codes, 2, offsets)})
+    table = pa.table({"ids": _planes(ids, id_bytes, offsets), "logprobs": _planes(codes, 2, offsets)})
     buf = io.BytesIO()
     with pq.ParquetWriter(
         buf, table.schema, compression="zstd", compression_level=1, use_dictionary=False, write_statistics=False
@@ -104,28 +96,10 @@ def write_blobs(ids: np.ndarray, codes: np.ndarray, entries: np.ndarray, id_byte
     return buf.getvalue()
 
 
-def unplanes(column: pa.ChunkedArray, width: int, dtype: type) -> np.ndarray:
-    """The values of every sequence's blob, back in one array (inverse of :func:`planes`), reading the column's
-    data buffer in place: a sequence's blob is its ``width`` byte planes of ``n`` bytes each."""
-    arr = column.combine_chunks()
-    starts = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1)[arr.offset :]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)
-    sizes = (starts[1:] - starts[:-1]) // width
-    out = np.empty(int(sizes.sum()), dtype=dtype)
-    at = 0
-    for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
-        bytes_ = data[start : start + width * n].reshape(width, n)
-        dest = out[at : at + n]
-        np.copyto(dest, bytes_[0])
-        for p in range(1, width):
-            dest |= bytes_[p].astype(dtype) << (8 * p)
-        at += n
-    return out
-
-
 def read_blobs(data: bytes, id_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(io.BytesIO(data))
-    return unplanes(table.column("ids"), id_bytes, np.uint32), unplanes(table.column("logprobs"), 2, np.uint16)
+    ids, codes = (table.column(n).combine_chunks() for n in ("ids", "logprobs"))
+    return _unplanes(ids, id_bytes, np.uint32)[0], _unplanes(codes, 2, np.uint16)[0]
 
 
 def best(fn, repeats: int):  # type: ignore[no-untyped-def]
@@ -164,7 +138,7 @@ def main() -> None:
         "",
         "| layout | write ms | write tokens/s | read ms | read tokens/s | bytes/token |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| lists (today) | {lists_s * 1e3:.1f} | {tokens / lists_s / 1e6:.2f}M | {lists_r * 1e3:.1f} | "
+        f"| lists (before) | {lists_s * 1e3:.1f} | {tokens / lists_s / 1e6:.2f}M | {lists_r * 1e3:.1f} | "
         f"{tokens / lists_r / 1e6:.2f}M | {lists_b / tokens:.1f} |",
         f"| blobs ({id_bytes} id planes + 2 code planes) | {blobs_s * 1e3:.1f} | {tokens / blobs_s / 1e6:.2f}M | "
         f"{blobs_r * 1e3:.1f} | {tokens / blobs_r / 1e6:.2f}M | {blobs_b / tokens:.1f} |",
