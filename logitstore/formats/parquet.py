@@ -166,15 +166,27 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(pa.array(offsets), flat, type=kind)
 
 
+#: Below this many values per row on average, byte planes are (un)split by one vectorized gather over all rows
+#: (what a classifier's one-position records need); above it, a loop over rows moves contiguous slices (faster).
+_LOOP_MIN_VALUES = 256
+
+
 def _planes(values: np.ndarray, width: int, offsets: np.ndarray) -> pa.LargeBinaryArray:
     """One binary value per sequence (``offsets [n + 1]`` into ``values``): the ``width`` low bytes of its values
     as byte planes, plane 0 (the lowest byte of every value) first."""
     raw = values.view(np.uint8).reshape(-1, values.dtype.itemsize)[:, :width]  # little-endian: low bytes first
     data = np.empty(len(values) * width, dtype=np.uint8)
-    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-        data[a * width : b * width].reshape(width, b - a)[...] = raw[a:b].T
+    rows = len(offsets) - 1
+    if len(values) < _LOOP_MIN_VALUES * rows:
+        sizes = np.diff(offsets)
+        pos, stride = _plane_index(offsets[:-1] * width, sizes)
+        for p in range(width):
+            data[pos + p * stride] = raw[:, p]
+    else:
+        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            data[a * width : b * width].reshape(width, b - a)[...] = raw[a:b].T
     return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(offsets) - 1, [None, pa.py_buffer(offsets * width), pa.py_buffer(data)]
+        pa.large_binary(), rows, [None, pa.py_buffer(offsets * width), pa.py_buffer(data)]
     )
 
 
@@ -183,7 +195,14 @@ def _unplanes(arr: pa.LargeBinaryArray, width: int, dtype: type) -> tuple[np.nda
     starts = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1, offset=8 * arr.offset)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
     sizes = (starts[1:] - starts[:-1]) // width
-    out: np.ndarray = np.empty(int(sizes.sum()), dtype=dtype)
+    total = int(sizes.sum())
+    if total < _LOOP_MIN_VALUES * len(arr):
+        pos, stride = _plane_index(starts[:-1], sizes)
+        out: np.ndarray = data[pos].astype(dtype)
+        for p in range(1, width):
+            out |= data[pos + p * stride].astype(dtype) << (8 * p)
+        return out, sizes.astype(np.int64)
+    out = np.empty(total, dtype=dtype)
     at = 0
     for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
         planes = data[start : start + width * n].reshape(width, n)
@@ -193,6 +212,14 @@ def _unplanes(arr: pa.LargeBinaryArray, width: int, dtype: type) -> tuple[np.nda
             dest |= planes[p].astype(dtype) << (8 * p)
         at += n
     return out, sizes.astype(np.int64)
+
+
+def _plane_index(first: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every value, rows in order: the byte position of its plane-0 byte (``first [n]``: each row's first
+    byte) and its row's size, the distance between its planes."""
+    row = np.repeat(np.arange(len(sizes)), sizes)
+    j = np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return first[row] + j, sizes[row]
 
 
 def _offsets(lengths: np.ndarray, dtype: type) -> np.ndarray:

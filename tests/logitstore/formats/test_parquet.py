@@ -66,13 +66,19 @@ def test_shards_with_list_entry_columns_still_read(tmp_path, rng, monkeypatch) -
     assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
 
 
-def test_planes_round_trip_empty_and_uneven_rows() -> None:
+@pytest.mark.parametrize("loop_min", [0, 10**9])  # the per-row loop and the vectorized gather
+def test_planes_round_trip_empty_and_uneven_rows(monkeypatch, rng, loop_min: int) -> None:
+    monkeypatch.setattr(parquet_format, "_LOOP_MIN_VALUES", loop_min)
     values = np.array([1, 70_000, 5, 0, 16_777_215, 2], dtype=np.uint32)
     offsets = np.array([0, 0, 2, 2, 6], dtype=np.int64)  # an empty first and third row
     blob = parquet_format._planes(values, 3, offsets)
     assert blob.to_pylist()[1] == bytes([1 & 255, 70_000 & 255, 0, 70_000 >> 8 & 255, 0, 70_000 >> 16])
     back, per_row = parquet_format._unplanes(blob, 3, np.uint32)
     assert back.tolist() == values.tolist() and per_row.tolist() == [0, 2, 0, 4]
+    many = rng.integers(0, 2**16, size=5000).astype(np.uint16)
+    cuts = np.concatenate([[0], np.sort(rng.integers(0, 5000, size=799)), [5000]]).astype(np.int64)
+    back, per_row = parquet_format._unplanes(parquet_format._planes(many, 2, cuts), 2, np.uint16)
+    assert np.array_equal(back, many) and np.array_equal(per_row, np.diff(cuts))
     empty = parquet_format._planes(np.zeros(0, np.uint16), 2, np.zeros(3, np.int64))
     back, per_row = parquet_format._unplanes(empty, 2, np.uint16)
     assert back.size == 0 and per_row.tolist() == [0, 0]
