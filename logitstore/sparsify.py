@@ -188,7 +188,7 @@ class _Chunk:
             return cls(z, z.amax(dim=-1), None, work)
         # on the CPU the group maxima are one vectorized pass, and the row maxima follow from them
         main = GROUP_ROWS * groups
-        gmax = z[:, :main].view(rows, GROUP_ROWS, groups).amax(dim=1)
+        gmax = _group_max(z)
         m = gmax.amax(dim=-1)
         return cls(z, torch.maximum(m, z[:, main:].amax(dim=-1)) if main < vocab else m, gmax, work)
 
@@ -196,6 +196,13 @@ class _Chunk:
     def exp_out(self) -> torch.Tensor:
         """The scratch's ``[R, V]`` part."""
         return self.work[:, : self.z.shape[1]]
+
+
+def _group_max(z: torch.Tensor) -> torch.Tensor:
+    """``[R, G]`` maxima of the groups of the ``[GROUP_ROWS, G]`` view of ``z [R, V]`` (id ``g + G * i``)."""
+    rows, vocab = z.shape
+    groups = vocab // GROUP_ROWS
+    return z[:, : GROUP_ROWS * groups].view(rows, GROUP_ROWS, groups).amax(dim=1)
 
 
 def _scratch(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
@@ -246,11 +253,11 @@ def logit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _method(chunk: _Chunk, spec: Spec, u: torch.Tensor | None) -> SparseLogits:
-    z, m = chunk.z, _finite(chunk.m)
+    z = chunk.z
     if spec.method == "sample":
         assert u is not None  # sparsify draws them for the sample method
         return _sample(chunk, spec.proposal_temperature, u)
-    lse = logsumexp(z, row_max=m, out=chunk.exp_out)
+    lse = logsumexp(z, row_max=chunk.m, out=chunk.exp_out)
     if spec.method == "dense":
         return _dense(z, lse)
     assert spec.k is not None  # guaranteed by Spec
@@ -359,9 +366,8 @@ def _grouped_topk(z: torch.Tensor, k: int, gmax: torch.Tensor | None = None) -> 
     rows, vocab = z.shape
     groups = vocab // GROUP_ROWS
     main = GROUP_ROWS * groups
-    if gmax is None:
-        gmax = z[:, :main].view(rows, GROUP_ROWS, groups).amax(dim=1)
-    chosen, tied_groups = _k_largest_positions(gmax.numpy(), k)  # [R, k] group ids  # [R, k] group ids
+    gmax = _group_max(z) if gmax is None else gmax
+    chosen, tied_groups = _k_largest_positions(gmax.numpy(), k)  # [R, k] group ids
     cand = (chosen[:, None, :] + groups * np.arange(GROUP_ROWS)[None, :, None]).reshape(rows, -1)
     if main < vocab:
         cand = np.concatenate([cand, np.broadcast_to(np.arange(main, vocab), (rows, vocab - main))], axis=1)
@@ -436,12 +442,12 @@ def _dense(z: torch.Tensor, lse: torch.Tensor) -> SparseLogits:
 
 def _sample(chunk: _Chunk, temperature: float, u: torch.Tensor) -> SparseLogits:
     """``u [R, n]``: each draw's uniform (see :func:`logitstore.rng.uniforms`)."""
-    z, m, e = chunk.z, _finite(chunk.m), chunk.exp_out
+    z, e = chunk.z, chunk.exp_out
     rows, vocab = z.shape
-    lse = _lse(_shifted_exp(z, m, e), m)
+    lse = logsumexp(z, row_max=chunk.m, out=e)
     qlse = lse
     if temperature != 1.0:  # the proposal's exponentials replace the teacher's in the scratch
-        qm = m / temperature  # the max of z / t, exactly (division by t > 0 is monotonic)
+        qm = _finite(chunk.m) / temperature  # the max of z / t, exactly (division by t > 0 is monotonic)
         qlse = _lse(_shifted_exp(torch.div(z, temperature, out=e), qm, e), qm)
     draws = _inverse_cdf(chunk.work, vocab, u)
     flat = torch.sort(draws + torch.arange(rows, device=z.device)[:, None] * vocab, dim=-1).values.reshape(-1)

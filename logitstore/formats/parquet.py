@@ -95,6 +95,7 @@ class ParquetShardReader(ShardReader):
         super().__init__(*args, **kwargs)
         self._file: pq.ParquetFile | None = None
         self._group_starts: np.ndarray | None = None
+        self._planes: dict[str, tuple[int, type]] = {}  # entry columns stored as byte planes, set by _open
         self._read_group = lru_cache(maxsize=2)(self._read_group_uncached)
 
     def _open(self) -> pq.ParquetFile:
@@ -113,18 +114,16 @@ class ParquetShardReader(ShardReader):
                 raise CorruptShardError(
                     f"shard {self.info.path} holds {int(self._group_starts[-1])} rows, manifest says {len(self)}"
                 )
+            meta = json.loads((self._file.schema_arrow.metadata or {}).get(b"logitstore", b"{}"))
+            self._planes = {
+                name: (int(w), np.uint32 if name == "ids" else np.uint16)
+                for name, w in meta.get("entry_planes", {}).items()
+            }
         return self._file
 
     def _read_group_uncached(self, group: int) -> Columns:
         table = self._open().read_row_group(group)
         return _table_to_columns(table, self._planes)
-
-    @property
-    def _planes(self) -> dict[str, tuple[int, type]]:
-        """Entry columns stored as byte planes: name -> (bytes per value, dtype), from the file's metadata."""
-        meta = self._open().schema_arrow.metadata or {}
-        widths = json.loads(meta.get(b"logitstore", b"{}")).get("entry_planes", {})
-        return {name: (int(w), np.uint32 if name == "ids" else np.uint16) for name, w in widths.items()}
 
     def _read_columns(self, start: int, stop: int) -> Columns:
         self._open()
