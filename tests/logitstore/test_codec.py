@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from logitstore import Spec, content_key
-from logitstore.codec import decode, encode, validate
+from logitstore.codec import Segments, decode, encode, validate
 from logitstore.errors import InvalidInputError
 from tests.conftest import synthetic_record
 
@@ -72,3 +72,35 @@ def test_validate_catches_a_label_logprob_that_disagrees_with_the_stored_entry()
     label[1] -= 0.5
     with pytest.raises(InvalidInputError, match="label_logprob at position 1 .* disagrees with the stored logprob"):
         validate([dataclasses.replace(record, label_logprob=label)], spec, 6)
+
+
+@pytest.mark.parametrize("nnz", [[3, 3, 3], [3, 0, 2, 4]], ids=["same width", "ragged"])
+def test_order_checks_stop_at_position_boundaries(nnz: list[int]) -> None:
+    seg = Segments(np.array(nnz, dtype=np.uint32))
+    starts = np.cumsum(nnz) - nnz
+    rising = np.concatenate([np.arange(10, 10 + n) * (1 + p) for p, n in enumerate(nnz)]).astype(np.int32)
+    falling = -rising.astype(np.float32)
+    # every position restarts below the last one's end: order holds within positions only
+    assert seg.strictly_rising(rising[::1] - np.repeat(starts * 100, nnz).astype(np.int32))
+    assert not seg.any_rising(falling + np.repeat(starts * 100.0, nnz).astype(np.float32))
+    last = int(np.cumsum(nnz)[-1]) - 1  # swap the last two entries of the last position
+    swapped = rising.copy()
+    swapped[[last - 1, last]] = swapped[[last, last - 1]]
+    assert not seg.strictly_rising(swapped)
+    repeated = rising.copy()
+    repeated[last] = repeated[last - 1]
+    assert not seg.strictly_rising(repeated), "a repeated id is not strictly rising"
+    up = falling.copy()
+    up[[last - 1, last]] = up[[last, last - 1]]
+    assert seg.any_rising(up)
+    ties = np.full(sum(nnz), -np.inf, dtype=np.float32)
+    assert not seg.any_rising(ties), "equal -inf entries do not rise"
+
+
+def test_entries_out_of_order_within_a_position_are_refused() -> None:
+    spec = Spec(method="sample", n=20)
+    record = synthetic_record(spec, np.random.default_rng(1), seq_id=0, length=5, vocab_size=500)
+    ids = record.ids.copy()
+    ids[:2] = ids[1::-1]  # the first position's first two ids, swapped
+    with pytest.raises(InvalidInputError, match="unique ids in ascending order"):
+        encode([dataclasses.replace(record, ids=ids)], spec, 500)
