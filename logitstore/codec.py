@@ -30,6 +30,15 @@ from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF, Spec
 
 # The quantization step sits a hair below 2 * error_bound so that float rounding can never push an error past it.
 _STEP_MARGIN = 1.0 - 2.0**-10
+#: q16 codes up to this many steps are rounded in float32: its scale and product err by <= 2**-23 relative, so by
+#: <= 2**-12 of a step here, which with the decoded value's own float32 rounding stays inside the step margin (the
+#: worst case is error_bound * (1 - 2**-12)). Larger codes are recomputed in float64.
+_Q16_FLOAT32_CODES = 2048
+
+#: Changes whenever the same records could encode to different bytes (2: q16 rounding in float32 for codes up to
+#: 2,048, which settles ~1 in 10^5 values lying within 2**-12 of a step's midpoint the other way). A precompute
+#: job records it, like the sparsifiers' version, and refuses to resume across it.
+CODEC_VERSION = 2
 
 
 @dataclass
@@ -463,10 +472,26 @@ def _encode_logprobs(logprobs: np.ndarray, seg: Segments, spec: Spec) -> np.ndar
 
 
 def _q16_encode(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
-    """``[E]`` logprobs -> q16 codes (uint16), or float32 for the lossless encoding."""
+    """``[E]`` float32 logprobs -> q16 codes (uint16), or float32 for the lossless encoding.
+
+    Codes up to :data:`_Q16_FLOAT32_CODES` are computed in float32 (half the passes' bytes of float64); the rest
+    (logprobs below ~-82 nats at the default bound, and ``-inf``) again in float64.
+    """
     if spec.encoding.lossless:
         return logprobs.astype(np.float32)
-    scaled = np.multiply(logprobs, -1.0 / quant_step(spec), dtype=np.float64)  # float64: rounding is exact
+    scaled = np.multiply(logprobs, np.float32(-1.0 / quant_step(spec)), dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    far = scaled > _Q16_FLOAT32_CODES
+    np.minimum(scaled, Q16_MAX_CODE, out=scaled)  # +inf (a -inf logprob) never reaches the cast
+    codes = scaled.astype(np.uint16)
+    if far.any():
+        at = np.flatnonzero(far)
+        codes[at] = _q16_encode_float64(logprobs[at], spec)
+    return codes
+
+
+def _q16_encode_float64(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
+    scaled = np.multiply(logprobs, -1.0 / quant_step(spec), dtype=np.float64)
     np.rint(scaled, out=scaled)
     np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
     codes = scaled.astype(np.uint16)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from logitstore.audit import parse_audit_fraction
+from logitstore.codec import CODEC_VERSION
 from logitstore.errors import InvalidInputError
 from logitstore.manifest import parse_backend
 from logitstore.sparsify import ALGORITHM_VERSION
@@ -90,8 +91,9 @@ class PrecomputeConfig:
             "pack": self.pack,
             "batch_size": self.batch_size,
             "sequences_per_shard": self.sequences_per_shard,
-            # shards computed by another version of the sparsifiers may differ bit for bit: never mix them
+            # shards computed by another version of the sparsifiers or the codec may differ bit for bit: never mix them
             "sparsify_version": ALGORITHM_VERSION,
+            "codec_version": CODEC_VERSION,
             **audit,
         }
 

@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from logitstore import Spec, content_key
-from logitstore.codec import Segments, decode, encode, validate
+from logitstore import Encoding, Spec, content_key
+from logitstore.codec import Segments, _q16_decode, _q16_encode, decode, encode, quant_step, validate
 from logitstore.errors import InvalidInputError
+from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF
 from tests.conftest import synthetic_record
 
 SPEC = Spec(method="topk", k=4, label_logprob=True, logit_stats=True)
@@ -104,3 +105,31 @@ def test_entries_out_of_order_within_a_position_are_refused() -> None:
     ids[:2] = ids[1::-1]  # the first position's first two ids, swapped
     with pytest.raises(InvalidInputError, match="unique ids in ascending order"):
         encode([dataclasses.replace(record, ids=ids)], spec, 500)
+
+
+@pytest.mark.parametrize("bound", [0.02, 0.001, 0.3])
+def test_q16_stays_within_the_bound_at_step_midpoints_on_both_rounding_paths(bound: float) -> None:
+    """The worst values for a quantizer sit at a step's midpoint; float32 rounding (codes up to 2,048) and float64
+    rounding (beyond, and -inf) must both keep every decoded value within the bound."""
+    spec = Spec(method="topk", k=4, encoding=Encoding(logprobs="q16", error_bound=bound))
+    step = quant_step(spec)
+    codes = np.concatenate([np.arange(0, 4096), np.arange(4096, Q16_MAX_CODE, 97)]).astype(np.float64)
+    midpoints = -(codes + 0.5) * step
+    ulps = np.array([-2, -1, 0, 1, 2], dtype=np.float64)[:, None]
+    around = (midpoints[None, :] * (1 + ulps * 2.0**-24)).ravel().astype(np.float32)
+    logprobs = np.concatenate([around, np.float32([0.0, -0.0, 1e-4, -np.inf, -1e30])])
+    encoded = _q16_encode(logprobs, spec)
+    decoded = _q16_decode(encoded, spec)
+    finite = np.isfinite(logprobs) & (logprobs > -Q16_MAX_CODE * step)
+    err = np.abs(decoded[finite].astype(np.float64) - logprobs[finite])
+    near = logprobs[finite] > -16384 * step
+    assert np.max(err[near]) <= bound
+    # far below (-655 nats at the default bound) float32's own spacing adds up to half an ulp, on either path
+    assert np.all(err[~near] <= bound + np.spacing(np.abs(logprobs[finite][~near])) / 2 + 1e-12)
+    assert encoded[logprobs == -np.inf].tolist() == [Q16_NEG_INF]
+    assert encoded[-1] == Q16_MAX_CODE, "below the last code: clamped to it, not wrapped or -inf"
+    # float32 rounding differs from float64 only for values within 2**-12 of a step's midpoint
+    exact = np.rint(-logprobs[finite].astype(np.float64) / step)
+    off = encoded[finite] != exact
+    gap = np.abs(np.abs(-logprobs[finite].astype(np.float64) / step - exact) - 0.5)
+    assert np.all(gap[off] <= 2.0**-12)

@@ -32,9 +32,11 @@ def test_flags_from_a_config_file(tmp_path) -> None:
         make_spec("dense", label_logprob="yes")  # type: ignore[arg-type]
 
 
-def test_the_sparsifier_version_is_part_of_a_jobs_identity() -> None:
-    """A job started by a logitstore whose sparsifiers could give other bytes is not resumed by this one."""
+def test_the_sparsifier_and_codec_versions_are_part_of_a_jobs_identity() -> None:
+    """A job started by a logitstore whose sparsifiers or codec could give other bytes is not resumed by this one."""
+    from logitstore.codec import CODEC_VERSION
     from logitstore.sparsify import ALGORITHM_VERSION
 
     config = config_from_mapping({"teacher": "m:f", "data": "d", "out": "o", "method": "topk", "k": 4})
     assert config.identity()["sparsify_version"] == ALGORITHM_VERSION
+    assert config.identity()["codec_version"] == CODEC_VERSION

@@ -1,0 +1,180 @@
+"""Encode/decode speed of this tree against another revision, interleaved on the same records (issue 2's
+throughput targets on a host whose speed changes from day to day).
+
+Run from the repository root::
+
+    .venv/bin/python bench/storage_ab.py --baseline 433bca0          # the 2026-11-23 storage table's library
+    .venv/bin/python bench/storage_ab.py --baseline HEAD~3 --rounds 5
+
+The host behind ``bench/RESULTS.md`` ran 2-3x slower on some days than on others, so absolute tokens/s from two
+days cannot be compared, and neither can two runs of ``bench/storage.py`` an hour apart. This script measures
+both libraries in one run: it makes top-k 64 and sample n=50 compact records once (synthetic teacher,
+``bench/teacher_like.py``, as in ``bench/storage.py``), checks out ``--baseline`` in a temporary git worktree, and
+then, for ``--rounds`` rounds, runs each tree in a fresh child process (alternating which goes first), pinned to
+one CPU, that times what ``bench/storage.py`` times: ``DatasetWriter`` + ``write`` of every record + ``finish``
+(encode) and ``open_dataset`` + iterating every record (decode), best of ``--repeats`` after one warm-up. It
+reports each tree's median over rounds and the ratio. A figure measured by ``bench/storage.py`` for the baseline
+on another day, times that ratio, estimates what this tree would measure on that day's host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("topk64", "sample50")
+BACKENDS = ("parquet", "zarr")
+
+
+def child(tree: str, records_path: str, backends: list[str], repeats: int, workdir: str) -> None:
+    """Time encode and decode with the library of ``tree`` (imported from there, not from the venv's install)."""
+    sys.path.insert(0, tree)
+    import dataclasses
+
+    import logitstore
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    with open(records_path, "rb") as f:
+        data = pickle.load(f)
+    fields = {f.name for f in dataclasses.fields(logitstore.Record)}
+    teacher = logitstore.TeacherInfo(name="synthetic", vocab_size=data["vocab"])
+    out: dict[str, Any] = {"library": str(Path(logitstore.__file__).parent)}
+    for method, raw in data["records"].items():
+        records = [logitstore.Record(**{k: v for k, v in r.items() if k in fields}) for r in raw]
+        spec = logitstore.Spec(**data["specs"][method], seed=0, encoding=logitstore.COMPACT)
+        for backend in backends:
+            path = Path(workdir) / f"{method}-{backend}"
+            enc, dec = [], []
+            for _ in range(repeats + 1):
+                shutil.rmtree(path, ignore_errors=True)
+                t = time.perf_counter()
+                writer = logitstore.DatasetWriter(path, spec=spec, teacher=teacher, backend=backend)
+                for r in records:
+                    writer.write(r)
+                writer.finish()
+                enc.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                ds = logitstore.open_dataset(path)
+                n = sum(len(r) for r in ds)
+                ds.close()
+                dec.append(time.perf_counter() - t)
+            out[f"{method}/{backend}"] = {"tokens": n, "encode_s": min(enc[1:]), "decode_s": min(dec[1:])}
+    print(json.dumps(out))
+
+
+def make_records(vocab: int, tokens: int, seq_len: int, seed: int) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "bench"))
+    import storage
+
+    num_seqs = max(1, tokens // seq_len)
+    vd = storage.build_vocab_data(
+        vocab,
+        num_seqs,
+        seq_len,
+        seed,
+        512,
+        lambda msg: print(msg, file=sys.stderr),
+        jobs=min(2, len(storage.allowed_cpus())),
+        cpus=storage.allowed_cpus(),
+        teacher_kwargs={},
+    )
+    return {
+        "vocab": vocab,
+        "specs": {m: storage.METHODS[m] for m in METHODS},
+        "records": {m: [dict(vars(r)) for r in vd.methods[m].records] for m in METHODS},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", required=False, help="git revision to compare with (e.g. 433bca0, HEAD~1)")
+    ap.add_argument("--vocab", type=int, default=32_000)
+    ap.add_argument("--tokens", type=int, default=32_768, help="tokens per configuration (default 32768)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3, help="child runs per tree, interleaved (default 3)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per child and configuration (default 5)")
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="directory for storage_ab.json")
+    ap.add_argument("--child", nargs=3, metavar=("TREE", "RECORDS", "WORKDIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.child[0], args.child[1], args.backends, args.repeats, args.child[2])
+        return 0
+    if not args.baseline:
+        ap.error("--baseline REV is required: the git revision to measure this tree against")
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.baseline}^{{commit}}"], capture_output=True, text=True
+    )
+    if rev.returncode:
+        ap.error(f"--baseline {args.baseline!r} is not a commit of {REPO}: {rev.stderr.strip()}")
+    baseline_commit = rev.stdout.strip()
+
+    tmp = Path(tempfile.mkdtemp(prefix="logitstore-ab-"))
+    worktree = tmp / "baseline"
+    try:
+        records_path = tmp / "records.pkl"
+        with open(records_path, "wb") as f:
+            pickle.dump(make_records(args.vocab, args.tokens, args.seq_len, args.seed), f)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), baseline_commit], check=True
+        )
+        trees = {"baseline": str(worktree), "this tree": str(REPO)}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        for i in range(args.rounds):
+            order = list(trees) if i % 2 == 0 else list(trees)[::-1]
+            for name in order:
+                cmd = [sys.executable, __file__, "--child", trees[name], str(records_path), str(tmp)]
+                cmd += ["--backends", *args.backends, "--repeats", str(args.repeats)]
+                done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+                if done.returncode:
+                    print(done.stderr, file=sys.stderr)
+                    return 1
+                result = json.loads(done.stdout)
+                if not result.pop("library").startswith(trees[name]):
+                    raise SystemExit(f"{name}: the child imported logitstore from elsewhere than {trees[name]}")
+                runs[name].append(result)
+                print(f"round {i + 1}/{args.rounds}: {name} done", file=sys.stderr)
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    rows = []
+    print(f"baseline {args.baseline} ({baseline_commit[:10]}) vs this tree; V={args.vocab}, {args.tokens} tokens")
+    print("| configuration | baseline encode | this encode | ratio | baseline decode | this decode | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for config in runs["baseline"][0]:
+        rate = {
+            (name, what): statistics.median(r[config]["tokens"] / r[config][f"{what}_s"] for r in runs[name])
+            for name in trees
+            for what in ("encode", "decode")
+        }
+        row = {"configuration": config, **{f"{what} {name}": v for (name, what), v in rate.items()}}
+        rows.append(row)
+        enc = [rate[("baseline", "encode")], rate[("this tree", "encode")]]
+        dec = [rate[("baseline", "decode")], rate[("this tree", "decode")]]
+        print(
+            f"| {config} | {enc[0] / 1e3:.0f}K | {enc[1] / 1e3:.0f}K | {enc[1] / enc[0]:.2f}x "
+            f"| {dec[0] / 1e3:.0f}K | {dec[1] / 1e3:.0f}K | {dec[1] / dec[0]:.2f}x |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"baseline": args.baseline, "baseline_commit": baseline_commit, "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta.update(vocab=args.vocab, tokens=args.tokens, rounds=args.rounds, repeats=args.repeats, loadavg=os.getloadavg())
+    (args.out / "storage_ab.json").write_text(json.dumps({**meta, "rows": rows, "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
