@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.baseline:
         ap.error("--baseline REV is required: the git revision to measure this tree against")
+    if args.rounds < 1 or args.repeats < 1:
+        ap.error(f"--rounds and --repeats must be >= 1, got {args.rounds} and {args.repeats}")
     rev = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.baseline}^{{commit}}"], capture_output=True, text=True
     )
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 if done.returncode:
                     print(done.stderr, file=sys.stderr)
                     return 1
-                result = json.loads(done.stdout)
+                result = json.loads(done.stdout.strip().splitlines()[-1])  # the last line: anything printed before
                 if not result.pop("library").startswith(trees[name]):
                     raise SystemExit(f"{name}: the child imported logitstore from elsewhere than {trees[name]}")
                 runs[name].append(result)
@@ -156,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)  # if remove failed
 
     rows = []
     print(f"baseline {args.baseline} ({baseline_commit[:10]}) vs this tree; V={args.vocab}, {args.tokens} tokens")
     whats = {"encode": "encode (wall)", "encode_cpu": "encode (CPU time)", "decode": "decode (wall)"}
-    print("tokens/s, median over rounds of each child's best run: baseline / this tree (ratio)")
+    print("tokens/s, median over rounds of each child's best run: baseline / this tree (median of the rounds' ratios)")
     print("| configuration | " + " | ".join(whats.values()) + " |")
     print("|---|" + "---:|" * len(whats))
     for config in runs["baseline"][0]:
@@ -169,11 +172,25 @@ def main(argv: list[str] | None = None) -> int:
             for name in trees
             for what in whats
         }
-        rows.append({"configuration": config, **{f"{what} {name}": v for (name, what), v in rate.items()}})
+        # each round ran both trees back to back: its ratio is the paired comparison the interleaving is for
+        ratio = {
+            what: statistics.median(
+                base[config][f"{what}_s"] / this[config][f"{what}_s"]  # same tokens: speed ratio = time ratio
+                for base, this in zip(runs["baseline"], runs["this tree"], strict=True)
+            )
+            for what in whats
+        }
+        rows.append(
+            {
+                "configuration": config,
+                **{f"{what} {name}": v for (name, what), v in rate.items()},
+                **{f"{what} ratio": v for what, v in ratio.items()},
+            }
+        )
         cells = []
         for what in whats:
             a, b = rate[("baseline", what)], rate[("this tree", what)]
-            cells.append(f"{a / 1e3:.0f}K / {b / 1e3:.0f}K ({b / a:.2f}x)")
+            cells.append(f"{a / 1e3:.0f}K / {b / 1e3:.0f}K ({ratio[what]:.2f}x)")
         print(f"| {config} | " + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"baseline": args.baseline, "baseline_commit": baseline_commit, "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -31,8 +31,8 @@ from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF, Spec
 # The quantization step sits a hair below 2 * error_bound so that float rounding can never push an error past it.
 _STEP_MARGIN = 1.0 - 2.0**-10
 #: q16 codes up to this many steps are rounded in float32: its scale and product err by <= 2**-23 relative, so by
-#: <= 2**-12 of a step here, which with the decoded value's own float32 rounding stays inside the step margin (the
-#: worst case is error_bound * (1 - 2**-12)). Larger codes are recomputed in float64.
+#: <= 2048.5 * 2**-23 (~2**-12) of a step here, which with the decoded value's own float32 rounding stays inside
+#: the step margin (the worst case is ~error_bound * (1 - 2**-12)). Larger codes are recomputed in float64.
 _Q16_FLOAT32_CODES = 2048
 
 #: Changes whenever the same records could encode to different bytes (2: q16 rounding in float32 for codes up to
@@ -405,8 +405,10 @@ class Segments:
         return out
 
     def _rising(self, x: np.ndarray, at_starts: bool) -> np.ndarray:
-        """``x[j - 1] < x[j]`` for every entry ``j`` but the first, and ``at_starts`` where ``j`` starts a position: a
-        comparison, not a difference (no temporary of ``x``'s dtype, no overflow, two ``-inf`` do not rise)."""
+        """Whether each entry of ``x [E]`` exceeds the one before it in its position: ``[P, width - 1]`` when every
+        position holds ``width`` entries (pairs never cross positions), else ``[E - 1]`` for entries ``1..E-1``
+        with ``at_starts`` where an entry starts a position. A comparison, not a difference: no temporary of
+        ``x``'s dtype, no overflow, and two ``-inf`` do not rise."""
         if self.width is not None:
             g = self._grid(x)
             return np.less(g[:, :-1], g[:, 1:])
@@ -482,7 +484,9 @@ def _q16_encode(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
     scaled = np.multiply(logprobs, np.float32(-1.0 / quant_step(spec)), dtype=np.float32)
     np.rint(scaled, out=scaled)
     far = scaled > _Q16_FLOAT32_CODES
-    np.minimum(scaled, Q16_MAX_CODE, out=scaled)  # +inf (a -inf logprob) never reaches the cast
+    # 0: validation lets logprobs up to +1e-3 through, several steps at a small bound; +inf (a -inf logprob) and
+    # anything large never reach the cast
+    np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
     codes = scaled.astype(np.uint16)
     if far.any():
         at = np.flatnonzero(far)

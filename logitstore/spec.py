@@ -25,8 +25,8 @@ class Encoding:
     """How stored logprobs are represented.
 
     ``q16``: uniform quantization of ``-logprob`` with step ``2 * error_bound`` into uint16 codes, so every stored
-    logprob above :attr:`floor` is within ``error_bound`` nats of the teacher's (below 16,384 steps, -655 nats at
-    the default bound, a float32 value's own spacing can add up to half its ulp); ``-inf`` is kept exactly, values
+    logprob above :attr:`floor` is within ``error_bound`` nats of the teacher's (for logprobs under -8,192 steps,
+    -327 nats at the default bound, float32's own spacing can add up to half an ulp); ``-inf`` is kept exactly, values
     below the floor are clamped to it. ``float32``: lossless. Ids, counts, nnz and lse are always lossless.
     """
 

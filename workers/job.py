@@ -237,9 +237,16 @@ def _check_identity(job_dir: Path, config: PrecomputeConfig, teacher_revision: s
         if previous != identity and started:
             changed = sorted(k for k in identity if previous.get(k) != identity.get(k))
             if not config.overwrite:
+                versions = [k for k in changed if k.endswith("_version")]
+                how = (
+                    f"it was started by a logitstore whose {' and '.join(versions)} differs from this one's: finish "
+                    "it with that version"
+                    if versions
+                    else "re-run it with the same options to resume"
+                )
                 raise InvalidInputError(
-                    f"{job_dir.parent} holds an unfinished job with different {', '.join(changed)}; re-run it with "
-                    "the same options to resume, or pass --overwrite to discard it"
+                    f"{job_dir.parent} holds an unfinished job with different {', '.join(changed)}; {how}, or pass "
+                    "--overwrite to discard it"
                 )
             shutil.rmtree(job_dir / "corpus", ignore_errors=True)
             shutil.rmtree(job_dir / COMMITS_DIR, ignore_errors=True)

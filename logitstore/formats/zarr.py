@@ -97,7 +97,7 @@ class ZarrShardReader(ShardReader):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self._group: Any = None
-        self._arrays: dict[str, Any] = {}  # the shard's arrays by column name, opened once by _open
+        self._arrays: dict[str, Any] = {}  # column name -> its array (None: not stored), filled by _array
         self._tok: np.ndarray | None = None
         self._ent: np.ndarray | None = None
         self._inp: np.ndarray | None = None
@@ -113,23 +113,31 @@ class ZarrShardReader(ShardReader):
                     read_only=True,
                 )
             group: Any = zarr.open_group(store, mode="r", zarr_format=3)
-            # Every array opened once, here: a lookup by name reads and parses its zarr.json through zarr's event
-            # loop (~1-3 ms), which per read of one record was half its time. Probed by name, not listed (an HTTP
-            # store cannot list).
-            self._arrays = {}
-            for name in _ALL_COLUMNS:
-                try:
-                    self._arrays[name] = group[name]
-                except KeyError:
-                    continue
-            lengths = np.asarray(self._arrays["lengths"][...])
-            num_entries = np.asarray(self._arrays["num_entries"][...])
+            self._group, self._arrays = group, {}
+            try:
+                lengths = np.asarray(self._array("lengths")[...])
+                num_entries = np.asarray(self._array("num_entries")[...])
+                input_lengths = np.asarray(self._array("input_lengths")[...])
+            except BaseException:
+                self.close()  # a later read tries again (and fails the same way on a corrupt shard)
+                raise
             self._tok = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             self._ent = np.concatenate([[0], np.cumsum(num_entries)]).astype(np.int64)
-            input_lengths = np.asarray(self._arrays["input_lengths"][...])
             self._inp = np.concatenate([[0], np.cumsum(input_lengths)]).astype(np.int64)
-            self._group = group
         return self._group
+
+    def _array(self, name: str) -> Any:
+        """The shard's array for column ``name`` (None when the shard does not store it), opened on first use and
+        kept: a lookup by name reads and parses its zarr.json through zarr's event loop (~1-3 ms here), which on
+        every read was half the time of reading one record. Probed by name, never listed (an HTTP store cannot
+        list)."""
+        arrays = self._arrays
+        if name not in arrays:
+            try:
+                arrays[name] = self._open()[name]
+            except KeyError:
+                arrays[name] = None
+        return arrays[name]
 
     def _read_columns(self, start: int, stop: int) -> Columns:
         self._open()
@@ -143,16 +151,13 @@ class ZarrShardReader(ShardReader):
         }
         out: dict[str, np.ndarray | None] = {}
         for name in _ALL_COLUMNS:
-            if name in self._arrays:
-                lo, hi = ranges[_kind(name)]
-                out[name] = self._arrays[name][lo:hi]
-            else:
-                out[name] = None
+            array = self._array(name)
+            lo, hi = ranges[_kind(name)]
+            out[name] = None if array is None else array[lo:hi]
         return Columns(**out)  # type: ignore[arg-type]
 
     def _read_keys(self) -> np.ndarray:
-        self._open()
-        return np.asarray(self._arrays["keys"][:], dtype=np.uint8)
+        return np.asarray(self._array("keys")[:], dtype=np.uint8)
 
     def close(self) -> None:
         self._group = None

@@ -308,3 +308,20 @@ def test_resuming_with_other_options_is_refused(ray_cluster, tmp_path, llama_dir
         _job(llama_dir, corpus_jsonl, out)
     _job(llama_dir, corpus_jsonl, out, overwrite=True)
     assert open_dataset(out).manifest.spec.method == "sample"
+
+
+def test_a_job_from_another_codec_version_is_refused_naming_the_version(tmp_path) -> None:
+    """No Ray needed: the identity check runs before any work. Shards of two codec versions are never mixed."""
+    from logitstore.workers.config import config_from_mapping
+    from logitstore.workers.job import _check_identity
+
+    config = config_from_mapping({"teacher": "m:f", "data": "d", "out": str(tmp_path / "ds"), "method": "topk", "k": 4})
+    job_dir = tmp_path / "ds" / "_job"
+    (job_dir / "commits").mkdir(parents=True)
+    (job_dir / "commits" / "00000.json").write_text("{}")
+    older = {**config.identity(), "teacher_revision": None, "codec_version": 1}
+    (job_dir / "job.json").write_text(json.dumps(older))
+    with pytest.raises(InvalidInputError, match="different codec_version; it was started by a logitstore whose"):
+        _check_identity(job_dir, config, None)
+    (job_dir / "job.json").write_text(json.dumps({**older, "codec_version": config.identity()["codec_version"]}))
+    _check_identity(job_dir, config, None)  # the same identity resumes
