@@ -481,26 +481,24 @@ def _q16_encode(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
     """
     if spec.encoding.lossless:
         return logprobs.astype(np.float32)
-    scaled = np.multiply(logprobs, np.float32(-1.0 / quant_step(spec)), dtype=np.float32)
-    np.rint(scaled, out=scaled)
-    far = scaled > _Q16_FLOAT32_CODES
-    # 0: validation lets logprobs up to +1e-3 through, several steps at a small bound; +inf (a -inf logprob) and
-    # anything large never reach the cast
-    np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
+    scaled = _q16_rounded(logprobs, spec, np.float32)
     codes = scaled.astype(np.uint16)
-    if far.any():
-        at = np.flatnonzero(far)
-        codes[at] = _q16_encode_float64(logprobs[at], spec)
+    far = np.flatnonzero(scaled > _Q16_FLOAT32_CODES)  # clamping kept them above: +inf became Q16_MAX_CODE
+    if far.size:
+        exact = _q16_rounded(logprobs[far], spec, np.float64).astype(np.uint16)
+        exact[logprobs[far] == -np.inf] = Q16_NEG_INF
+        codes[far] = exact
     return codes
 
 
-def _q16_encode_float64(logprobs: np.ndarray, spec: Spec) -> np.ndarray:
-    scaled = np.multiply(logprobs, -1.0 / quant_step(spec), dtype=np.float64)
+def _q16_rounded(logprobs: np.ndarray, spec: Spec, dtype: type) -> np.ndarray:
+    """``round(-logprob / step)`` computed in ``dtype`` and clamped to ``0..Q16_MAX_CODE``: 0 because validation
+    lets logprobs up to +1e-3 through (several steps at a small bound), the top so that +inf (a ``-inf`` logprob)
+    and anything large never reach a cast."""
+    scaled = np.multiply(logprobs, dtype(-1.0 / quant_step(spec)), dtype=dtype)
     np.rint(scaled, out=scaled)
     np.clip(scaled, 0, Q16_MAX_CODE, out=scaled)
-    codes = scaled.astype(np.uint16)
-    codes[logprobs == -np.inf] = Q16_NEG_INF
-    return codes
+    return scaled
 
 
 @lru_cache(maxsize=8)
