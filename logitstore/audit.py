@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from typing_extensions import Self
 
 from logitstore.errors import ChecksumMismatchError, CorruptShardError, InvalidInputError
-from logitstore.fs import digest, fsync_dir, fsync_tree
+from logitstore.fs import digest, fsync_dir, fsync_tree, open_input
 from logitstore.manifest import FORMAT_VERSION, AuditFileInfo, audit_relpath
 from logitstore.rng import audit_uniforms
 
@@ -241,7 +241,7 @@ def iter_audit(
         if verify:
             check_file(fs, root, info)
         try:
-            with fs.open(f"{root}/{info.path}", "rb") as f:
+            with open_input(fs, f"{root}/{info.path}") as f:
                 pf = pq.ParquetFile(f)
                 rows_seen = 0
                 for g in range(pf.metadata.num_row_groups):

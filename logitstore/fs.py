@@ -48,6 +48,21 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in protocols or "local" in protocols
 
 
+def open_input(fs: fsspec.AbstractFileSystem, path: str, **remote_options: Any) -> Any:
+    """A binary file for pyarrow to read ``path`` from: pyarrow's own file when ``fs`` is local, else fsspec's
+    (opened with ``remote_options``). The caller closes it.
+
+    Local files are never Python file objects on pyarrow's read path: pyarrow's decode threads release the buffers
+    a Python file hands out after a read has returned, and one released while the interpreter exits aborts the
+    process ("terminate called without an active exception", apache/arrow#34314 and #49942).
+    """
+    if is_local(fs):
+        import pyarrow as pa
+
+        return pa.OSFile(path, "rb")
+    return fs.open(path, "rb", **remote_options)
+
+
 def digest(fs: fsspec.AbstractFileSystem, path: str) -> tuple[int, str]:
     """``(nbytes, sha256 hex)`` of a file, or of a directory tree (a Zarr group).
 

@@ -19,6 +19,7 @@ import numpy as np
 from logitstore.audit import iter_audit
 from logitstore.dataset import Dataset
 from logitstore.errors import CorruptShardError, InvalidInputError, MissingDependencyError
+from logitstore.fs import open_input
 from logitstore.record import Record
 from logitstore.rng import permutation
 
@@ -431,7 +432,7 @@ def _parquet_fields(ds: Dataset, path: str) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     out: dict[str, int] = {}
-    with ds.fs.open(path, "rb") as f:
+    with open_input(ds.fs, path) as f:
         md = pq.ParquetFile(f).metadata
         for g in range(md.num_row_groups):
             rg = md.row_group(g)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
-from logitstore.fs import is_local
+from logitstore.fs import open_input
 
 _TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse", "logit_mean", "logit_std")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
@@ -94,19 +95,18 @@ class ParquetShardReader(ShardReader):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self._file: pq.ParquetFile | None = None
+        self._source: Any = None  # the shard's file (fs.open_input)
         self._group_starts: np.ndarray | None = None
         self._planes: dict[str, tuple[int, type]] = {}  # entry columns stored as byte planes, set by _open
         self._read_group = lru_cache(maxsize=2)(self._read_group_uncached)
 
     def _open(self) -> pq.ParquetFile:
         if self._file is None:
-            if is_local(self.fs):
-                self._file = pq.ParquetFile(self.fs.open(self.path, "rb"))
-            else:
-                # Remote (the service's /files, object stores): no read-ahead cache, which fetches a block (5 MB
-                # for HTTP) past every read that does not continue the last one, as row groups read in shuffled
-                # order never do; pyarrow coalesces a row group's column chunks into one exact range read instead.
-                self._file = pq.ParquetFile(self.fs.open(self.path, "rb", cache_type="none"), pre_buffer=True)
+            # Remote (the service's /files, object stores): no read-ahead cache, which fetches a block (5 MB for
+            # HTTP) past every read that does not continue the last one, as row groups read in shuffled order never
+            # do; pyarrow coalesces a row group's column chunks into one exact range read (pre_buffer) instead.
+            self._source = open_input(self.fs, self.path, cache_type="none")
+            self._file = pq.ParquetFile(self._source, pre_buffer=True)
             md = self._file.metadata
             rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
             self._group_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
@@ -153,8 +153,11 @@ class ParquetShardReader(ShardReader):
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            self._file.close(force=True)  # also the source, which ParquetFile leaves open when it was given one
             self._file = None
+        if self._source is not None:
+            self._source.close()
+            self._source = None
         self._read_group.cache_clear()
 
 
