@@ -105,20 +105,24 @@ class ParquetShardReader(ShardReader):
             # Remote (the service's /files, object stores): no read-ahead cache, which fetches a block (5 MB for
             # HTTP) past every read that does not continue the last one, as row groups read in shuffled order never
             # do; pyarrow coalesces a row group's column chunks into one exact range read (pre_buffer) instead.
-            self._source = open_input(self.fs, self.path, cache_type="none")
-            self._file = pq.ParquetFile(self._source, pre_buffer=True)
-            md = self._file.metadata
-            rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
-            self._group_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-            if int(self._group_starts[-1]) != len(self):
-                raise CorruptShardError(
-                    f"shard {self.info.path} holds {int(self._group_starts[-1])} rows, manifest says {len(self)}"
-                )
-            meta = json.loads((self._file.schema_arrow.metadata or {}).get(b"logitstore", b"{}"))
-            self._planes = {
-                name: (int(w), np.uint32 if name == "ids" else np.uint16)
-                for name, w in meta.get("entry_planes", {}).items()
-            }
+            try:
+                self._source = open_input(self.fs, self.path, cache_type="none")
+                self._file = pq.ParquetFile(self._source, pre_buffer=True)
+                md = self._file.metadata
+                rows = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+                self._group_starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+                if int(self._group_starts[-1]) != len(self):
+                    raise CorruptShardError(
+                        f"shard {self.info.path} holds {int(self._group_starts[-1])} rows, manifest says {len(self)}"
+                    )
+                meta = json.loads((self._file.schema_arrow.metadata or {}).get(b"logitstore", b"{}"))
+                self._planes = {
+                    name: (int(w), np.uint32 if name == "ids" else np.uint16)
+                    for name, w in meta.get("entry_planes", {}).items()
+                }
+            except BaseException:
+                self.close()  # no half-open file: the next read opens and checks the shard again
+                raise
         return self._file
 
     def _read_group_uncached(self, group: int) -> Columns:

@@ -98,3 +98,22 @@ def test_local_shards_are_read_through_pyarrow_files_and_closed(tmp_path, rng) -
     assert isinstance(source, pa.OSFile) and not source.closed
     ds.close()
     assert source.closed and reader._source is None
+
+
+def test_a_shard_that_fails_its_open_checks_fails_every_read_and_keeps_no_file_open(tmp_path, rng) -> None:
+    """A shard holding another number of rows than its manifest says is refused on every read, not only the first
+    (the reader once kept the file it had opened, so a second read went ahead), and its file is closed."""
+    import dataclasses
+
+    from logitstore.errors import CorruptShardError
+    from logitstore.formats import READERS
+
+    spec = Spec(method="topk", k=4)
+    _write(tmp_path / "ds", spec, 300, rng)
+    ds = open_dataset(tmp_path / "ds")
+    info = dataclasses.replace(ds.manifest.shards[0], num_sequences=ds.manifest.shards[0].num_sequences - 1)
+    reader = READERS["parquet"](ds.fs, f"{ds.root}/{info.path}", info, spec, 300)
+    for _ in range(2):
+        with pytest.raises(CorruptShardError, match="rows, manifest says 24"):
+            reader.read(0)
+        assert reader._file is None and reader._source is None
