@@ -156,9 +156,7 @@ class ParquetShardReader(ShardReader):
         )
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close(force=True)  # also the source, which ParquetFile leaves open when it was given one
-            self._file = None
+        self._file = None  # a ParquetFile given a file leaves closing it to the giver
         if self._source is not None:
             self._source.close()
             self._source = None
