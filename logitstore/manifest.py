@@ -23,7 +23,11 @@ from logitstore.errors import InvalidInputError, ManifestVersionError
 from logitstore.fs import fsync_dir
 from logitstore.spec import Spec
 
-FORMAT_VERSION = 1
+#: The newest format this release writes. 2 (2026-12-03): Parquet shards may store rank-order ids' lowest byte
+#: plane uncompressed and q16 gaps as nibbles (docs/FORMAT.md); Zarr datasets are still written as 1.
+FORMAT_VERSION = 2
+#: Every format this release reads.
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 KEY_INDEX_NAME = "keys.idx"
 SHARDS_DIR = "shards"
@@ -203,7 +207,7 @@ class Stats(_Dict):
 
 @dataclass(frozen=True, kw_only=True)
 class Manifest:
-    """Everything a reader needs to interpret a dataset (ARCHITECTURE §2, format_version 1)."""
+    """Everything a reader needs to interpret a dataset (ARCHITECTURE §2; format_version 1 or 2, docs/FORMAT.md)."""
 
     name: str
     backend: Backend
@@ -272,10 +276,11 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ManifestVersionError(
                 f"manifest format_version {version!r} is not supported: this logitstore reads format_version "
-                f"{FORMAT_VERSION}; upgrade logitstore (or rebuild the dataset) to read it"
+                f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))}; upgrade logitstore (or rebuild the dataset) "
+                "to read it"
             )
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

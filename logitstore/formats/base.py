@@ -33,6 +33,9 @@ class ShardWriter(ABC):
     not committed is removed on exit, so nothing half-written is ever visible under the final name.
     """
 
+    #: The oldest manifest format_version whose readers read this backend's shards (the dataset's is this).
+    format_version = 1
+
     def __init__(self, path: str | os.PathLike[str], relpath: str, spec: Spec, vocab_size: int, *, first_seq: int):
         self.path = Path(path)
         # A unique temporary name: an orphaned writer of a killed job can never collide with its successor.
@@ -209,12 +212,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def shard_metadata(spec: Spec, vocab_size: int) -> dict[str, Any]:
+def shard_metadata(spec: Spec, vocab_size: int, format_version: int) -> dict[str, Any]:
     """What a shard says about itself, so a lone shard file is still interpretable."""
-    from logitstore.manifest import FORMAT_VERSION
-
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "spec": spec.to_dict(),
         "vocab_size": vocab_size,
         "entry_order": spec.entry_order,

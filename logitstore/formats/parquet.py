@@ -13,6 +13,7 @@ column's type says which it is. Random access reads and decodes a single row gro
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -31,10 +32,20 @@ _KEY_TYPE = pa.binary(16)
 ZSTD_LEVEL = 1
 #: Write the unsigned entry columns as byte-plane blobs (False: list columns, the layout of older shards).
 ENTRY_PLANES = True
+#: Rank-order ids (topk, topp) store their lowest byte plane uncompressed in a column of its own, ``ids_raw``: it
+#: is close to uniform noise that zstd cannot shrink, and compressing it took ~5% of a top-k 64 encode for nothing.
+RAW_LOW_PLANE = True
+#: q16 gaps (rank order, compact) are stored as 4-bit nibbles, two to a byte; a nibble of 15 says "15 + the next
+#: value of ``logprobs_escapes``". ~96% of gaps are below 15: zstd then reads half the bytes (a third of the time)
+#: and writes ~13% fewer.
+NIBBLE_GAPS = True
+#: The largest value a nibble holds itself; it also marks an escape.
+_NIBBLE_ESCAPE = 15
 
 
 class ParquetShardWriter(ShardWriter):
     _writer: pq.ParquetWriter | None = None
+    format_version = 2  # raw low planes and nibble gaps (format_version 1 readers would misread them)
 
     def _write_columns(self, cols: Columns) -> None:
         tok_off = _offsets(cols.lengths, np.int64)  # int64 offsets: a flush may exceed 2^31 values
@@ -48,47 +59,114 @@ class ParquetShardWriter(ShardWriter):
             values = getattr(cols, name)
             if values is not None:
                 arrays[name] = _list(tok_off, values)
-        widths = self._plane_widths(cols)
+        layout = self._layout(cols)
         for name in _ENTRY_COLUMNS:
             values = getattr(cols, name)
             if values is not None:
-                arrays[name] = _planes(values, widths[name], ent_off) if name in widths else _list(ent_off, values)
+                arrays.update(layout.write(name, values, ent_off))
         if cols.label_logprob is not None:  # every position but the last of each sequence
             arrays["label_logprob"] = _list(_offsets(cols.lengths - 1, np.int64), cols.label_logprob)
         # Nothing is ever null: non-nullable fields spare Parquet a definition level per value (~15% faster reads).
         table = pa.table(arrays, schema=pa.schema([pa.field(n, a.type, nullable=False) for n, a in arrays.items()]))
         if self._writer is None:
-            meta = {**shard_metadata(self.spec, self.vocab_size), **({"entry_planes": widths} if widths else {})}
+            meta = {**shard_metadata(self.spec, self.vocab_size, self.format_version), **layout.to_metadata()}
             schema = table.schema.with_metadata({"logitstore": json.dumps(meta)})
-            # BYTE_STREAM_SPLIT is set per leaf column; a list column's leaf is "<name>.list.element".
-            split = [f"{n}.list.element" for n in table.column_names if n not in ("seq_id", "key")]
+            # Options are set per leaf column; a list column's leaf is "<name>.list.element".
+            leaves = [f"{n}.list.element" if pa.types.is_large_list(a.type) else n for n, a in arrays.items()]
+            raw = {f"{n}_raw" for n in layout.raw}
             self._writer = pq.ParquetWriter(
                 self.tmp_path,
                 schema,
-                compression="zstd",
-                compression_level=ZSTD_LEVEL,
+                compression={leaf: "none" if leaf in raw else "zstd" for leaf in leaves},
+                compression_level={leaf: ZSTD_LEVEL for leaf in leaves if leaf not in raw},
                 use_dictionary=False,
-                use_byte_stream_split=split,
+                use_byte_stream_split=[leaf for leaf in leaves if leaf.endswith(".list.element")],
                 write_statistics=False,
             )
             table = table.replace_schema_metadata(schema.metadata)
         self._writer.write_table(table, row_group_size=len(cols))
 
-    def _plane_widths(self, cols: Columns) -> dict[str, int]:
-        """Bytes per value of each entry column written as planes: the ids' by the vocabulary, 2 for uint16."""
+    def _layout(self, cols: Columns) -> _EntryLayout:
+        """How this shard stores its entry columns (see :class:`_EntryLayout`)."""
         if not ENTRY_PLANES:
-            return {}
-        widths = {"ids": max(1, (max(self.vocab_size - 1, 1).bit_length() + 7) // 8)} if cols.ids is not None else {}
+            return _EntryLayout()
+        planes = {"ids": max(1, (max(self.vocab_size - 1, 1).bit_length() + 7) // 8)} if cols.ids is not None else {}
         for name in ("logprobs", "counts"):
             values = getattr(cols, name)
             if values is not None and values.dtype == np.uint16:
-                widths[name] = 2
-        return widths
+                planes[name] = 2
+        rank = self.spec.entry_order == "rank"
+        raw = {"ids": 1} if RAW_LOW_PLANE and rank and planes.get("ids", 0) >= 2 else {}
+        nibbles = ("logprobs",) if NIBBLE_GAPS and rank and "logprobs" in planes else ()
+        return _EntryLayout({n: w for n, w in planes.items() if n not in nibbles}, raw, nibbles)
 
     def _close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+_PLANE_DTYPES = {"ids": np.uint32, "logprobs": np.uint16, "counts": np.uint16}
+
+
+@dataclass(frozen=True)
+class _EntryLayout:
+    """The physical layout of a shard's entry columns, named in its metadata (absent keys: the older layouts).
+
+    - ``planes`` (``entry_planes``): column -> bytes per value ``w``, stored as byte planes (:func:`_planes`);
+      columns in neither map are list columns (float32 logprobs; every entry column in the oldest shards).
+    - ``raw`` (``raw_planes``): column -> how many of its lowest planes live, uncompressed, in ``<column>_raw``;
+      ``<column>`` holds the other ``w - raw`` planes.
+    - ``nibbles``: columns of uint16 values stored as nibbles, escapes in ``<column>_escapes`` (:func:`_nibbles`).
+    """
+
+    planes: dict[str, int] = field(default_factory=dict)
+    raw: dict[str, int] = field(default_factory=dict)
+    nibbles: tuple[str, ...] = ()
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> _EntryLayout:
+        return cls(
+            {n: int(w) for n, w in meta.get("entry_planes", {}).items()},
+            {n: int(w) for n, w in meta.get("raw_planes", {}).items()},
+            tuple(meta.get("nibbles", ())),
+        )
+
+    def to_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"entry_planes": self.planes} if self.planes else {}
+        if self.raw:
+            out["raw_planes"] = self.raw
+        if self.nibbles:
+            out["nibbles"] = list(self.nibbles)
+        return out
+
+    def write(self, name: str, values: np.ndarray, offsets: np.ndarray) -> dict[str, pa.Array]:
+        """The Parquet column(s) that hold entry column ``name`` (``values [E]``, ``offsets [n + 1]`` per row)."""
+        if name in self.nibbles:
+            nibbles, escapes = _nibbles(values, offsets)
+            return {name: nibbles, f"{name}_escapes": escapes}
+        if name not in self.planes:
+            return {name: _list(offsets, values)}
+        raw, width = self.raw.get(name, 0), self.planes[name]
+        out = {f"{name}_raw": _planes(values, raw, offsets)} if raw else {}
+        out[name] = _planes(values, width - raw, offsets, first=raw)
+        return out
+
+    def read(
+        self, table: pa.Table, name: str, sizes: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Flat values and per-row counts of entry column ``name`` (``sizes [n]``, the rows' entry counts, is
+        needed for nibble columns, whose rows are padded to whole bytes)."""
+        if name not in table.column_names:
+            return None, None
+        if name in self.nibbles:
+            assert sizes is not None, "nibble columns are read after a column that gives the rows' sizes"
+            return _unnibbles(_one_chunk(table, name), _one_chunk(table, f"{name}_escapes"), sizes), sizes
+        if name not in self.planes:
+            return _list_values(table, name)
+        raw, width, dtype = self.raw.get(name, 0), self.planes[name], _PLANE_DTYPES[name]
+        low = _unplanes(_one_chunk(table, f"{name}_raw"), raw, dtype)[0] if raw else None
+        return _unplanes(_one_chunk(table, name), width - raw, dtype, first=raw, out=low)
 
 
 class ParquetShardReader(ShardReader):
@@ -97,7 +175,7 @@ class ParquetShardReader(ShardReader):
         self._file: pq.ParquetFile | None = None
         self._source: Any = None  # the shard's file (fs.open_input)
         self._group_starts: np.ndarray | None = None
-        self._planes: dict[str, tuple[int, type]] = {}  # entry columns stored as byte planes, set by _open
+        self._layout = _EntryLayout()  # set by _open
         self._read_group = lru_cache(maxsize=2)(self._read_group_uncached)
 
     def _open(self) -> pq.ParquetFile:
@@ -116,10 +194,7 @@ class ParquetShardReader(ShardReader):
                         f"shard {self.info.path} holds {int(self._group_starts[-1])} rows, manifest says {len(self)}"
                     )
                 meta = json.loads((self._file.schema_arrow.metadata or {}).get(b"logitstore", b"{}"))
-                self._planes = {
-                    name: (int(w), np.uint32 if name == "ids" else np.uint16)
-                    for name, w in meta.get("entry_planes", {}).items()
-                }
+                self._layout = _EntryLayout.from_metadata(meta)
             except BaseException:
                 self.close()  # no half-open file: the next read opens and checks the shard again
                 raise
@@ -127,7 +202,7 @@ class ParquetShardReader(ShardReader):
 
     def _read_group_uncached(self, group: int) -> Columns:
         table = self._open().read_row_group(group)
-        return _table_to_columns(table, self._planes)
+        return _table_to_columns(table, self._layout)
 
     def _read_columns(self, start: int, stop: int) -> Columns:
         self._open()
@@ -175,10 +250,10 @@ def _list(offsets: np.ndarray, values: np.ndarray) -> pa.LargeListArray:
 _LOOP_MIN_VALUES = 256
 
 
-def _planes(values: np.ndarray, width: int, offsets: np.ndarray) -> pa.LargeBinaryArray:
-    """One binary value per sequence (``offsets [n + 1]`` into ``values``): the ``width`` low bytes of its values
-    as byte planes, plane 0 (the lowest byte of every value) first."""
-    raw = values.view(np.uint8).reshape(-1, values.dtype.itemsize)[:, :width]  # little-endian: low bytes first
+def _planes(values: np.ndarray, width: int, offsets: np.ndarray, first: int = 0) -> pa.LargeBinaryArray:
+    """One binary value per sequence (``offsets [n + 1]`` into ``values``): bytes ``first..first+width-1`` of its
+    values as byte planes, the lowest (byte ``first`` of every value) first."""
+    raw = values.view(np.uint8).reshape(-1, values.dtype.itemsize)[:, first : first + width]  # little-endian
     data = np.empty(len(values) * width, dtype=np.uint8)
     rows = len(offsets) - 1
     if len(values) < _LOOP_MIN_VALUES * rows:
@@ -194,26 +269,36 @@ def _planes(values: np.ndarray, width: int, offsets: np.ndarray) -> pa.LargeBina
     )
 
 
-def _unplanes(arr: pa.LargeBinaryArray, width: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`_planes`: the flat values and the values per row, read in place from the data buffer."""
+def _unplanes(
+    arr: pa.LargeBinaryArray, width: int, dtype: type, first: int = 0, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`_planes`: the flat values and the values per row, read in place from the data buffer.
+    The planes are bytes ``first..`` of the values; given ``out`` (the values' other bytes), they are or-ed in."""
     starts = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + 1, offset=8 * arr.offset)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
     sizes = (starts[1:] - starts[:-1]) // width
     total = int(sizes.sum())
+    if out is not None and len(out) != total:
+        raise CorruptShardError(f"byte planes hold {total} values where the shard's other planes hold {len(out)}")
     if total < _LOOP_MIN_VALUES * len(arr):
         pos, stride = _plane_index(starts[:-1], sizes)
-        out: np.ndarray = data[pos].astype(dtype)
-        for p in range(1, width):
-            out |= data[pos + p * stride].astype(dtype) << (8 * p)
+        if out is None:
+            out = np.zeros(total, dtype=dtype)
+        for p in range(width):
+            out |= data[pos + p * stride].astype(dtype) << (8 * (first + p))
         return out, sizes.astype(np.int64)
-    out = np.empty(total, dtype=dtype)
+    fresh = out is None
+    if out is None:
+        out = np.empty(total, dtype=dtype)
     at = 0
     for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
         planes = data[start : start + width * n].reshape(width, n)
         dest = out[at : at + n]
-        np.copyto(dest, planes[0])
-        for p in range(1, width):
-            dest |= planes[p].astype(dtype) << (8 * p)
+        for p in range(width):
+            if fresh and first == p == 0:
+                np.copyto(dest, planes[0])
+            else:
+                dest |= planes[p].astype(dtype) << (8 * (first + p))
         at += n
     return out, sizes.astype(np.int64)
 
@@ -243,23 +328,59 @@ def _list_values(table: pa.Table, name: str) -> tuple[np.ndarray | None, np.ndar
     return values, np.diff(offsets).astype(np.int64)
 
 
-def _entry_values(
-    table: pa.Table, name: str, planes: dict[str, tuple[int, type]]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Flat values and per-row counts of an entry column, in either layout."""
-    if name not in table.column_names or name not in planes:
-        return _list_values(table, name)
+def _one_chunk(table: pa.Table, name: str) -> pa.Array:
     column = table.column(name)
-    return _unplanes(column.chunk(0) if column.num_chunks == 1 else column.combine_chunks(), *planes[name])
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
-def _table_to_columns(table: pa.Table, planes: dict[str, tuple[int, type]] | None = None) -> Columns:
-    planes = planes or {}
+def _nibbles(values: np.ndarray, offsets: np.ndarray) -> tuple[pa.LargeBinaryArray, pa.LargeBinaryArray]:
+    """uint16 ``values [E]`` (rows at ``offsets [n + 1]``) as two binary columns: per row, its values as 4-bit
+    nibbles (value ``i`` of the row in the low half of byte ``i // 2``; a row of odd length ends with a 0 nibble),
+    where 15 stands for ``15 + e``, and the ``e`` of its escaped values, in order, as 2 byte planes."""
+    sizes = np.diff(offsets)
+    odd = (sizes & 1).astype(bool)
+    padded = np.insert(values, offsets[1:][odd], 0) if odd.any() else values
+    clipped = np.minimum(padded, np.uint16(_NIBBLE_ESCAPE))
+    pairs = clipped.view(np.uint32)  # little-endian: value 2i in the low 16 bits, 2i + 1 in the high
+    packed = (pairs | (pairs >> 12)).astype(np.uint8)  # low byte: nibble 2i, then nibble 2i + 1 << 4
+    nibble_off = _offsets((sizes + odd) // 2, np.int64)
+    nibbles = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(sizes), [None, pa.py_buffer(nibble_off), pa.py_buffer(packed)]
+    )
+    at = np.flatnonzero(values >= _NIBBLE_ESCAPE)
+    escaped = values[at] - np.uint16(_NIBBLE_ESCAPE)
+    return nibbles, _planes(escaped, 2, np.searchsorted(at, offsets).astype(np.int64))
+
+
+def _unnibbles(nibbles: pa.LargeBinaryArray, escapes: pa.LargeBinaryArray, sizes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_nibbles`: the flat uint16 values of rows of ``sizes [n]`` values."""
+    starts = np.frombuffer(nibbles.buffers()[1], dtype=np.int64, count=len(nibbles) + 1, offset=8 * nibbles.offset)
+    data = nibbles.buffers()[2]
+    packed = np.frombuffer(data, dtype=np.uint8)[starts[0] : starts[-1]] if data is not None else np.zeros(0, np.uint8)
+    odd = (sizes & 1).astype(bool)
+    if len(packed) != int(((sizes + odd) // 2).sum()):
+        raise CorruptShardError(f"nibble column holds {len(packed)} bytes for {int(sizes.sum())} values")
+    wide = packed.astype(np.uint16)
+    values = ((wide & 15) | ((wide >> 4) << 8)).view(np.uint8)  # little-endian: each byte's low nibble first
+    if odd.any():  # drop the pad nibble that ends each odd row
+        values = np.delete(values, (np.cumsum(sizes + odd) - 1)[odd])
+    out = values.astype(np.uint16)
+    escaped = np.flatnonzero(values == _NIBBLE_ESCAPE)
+    extra, _ = _unplanes(escapes, 2, np.uint16)
+    if len(extra) != len(escaped):
+        raise CorruptShardError(f"nibble column holds {len(escaped)} escapes but its escape column {len(extra)}")
+    out[escaped] += extra
+    return out
+
+
+def _table_to_columns(table: pa.Table, layout: _EntryLayout | None = None) -> Columns:
+    layout = layout or _EntryLayout()
     keys = table.column("key").combine_chunks()
     key_bytes = np.frombuffer(keys.buffers()[1], dtype=np.uint8, count=16 * len(keys), offset=16 * keys.offset)
     input_ids, input_lengths = _list_values(table, "input_ids")
     lse, lengths = _list_values(table, "lse")
-    logprobs, num_entries = _entry_values(table, "logprobs", planes)
+    ids, id_sizes = layout.read(table, "ids")
+    logprobs, num_entries = layout.read(table, "logprobs", id_sizes)
     return Columns(
         seq_ids=table.column("seq_id").to_numpy(),
         keys=key_bytes.reshape(-1, 16),
@@ -269,9 +390,9 @@ def _table_to_columns(table: pa.Table, planes: dict[str, tuple[int, type]] | Non
         input_ids=input_ids,  # type: ignore[arg-type]
         lse=lse,  # type: ignore[arg-type]
         nnz=_list_values(table, "nnz")[0],  # type: ignore[arg-type]
-        ids=_entry_values(table, "ids", planes)[0],
+        ids=ids,
         logprobs=logprobs,  # type: ignore[arg-type]
-        counts=_entry_values(table, "counts", planes)[0],
+        counts=layout.read(table, "counts")[0],
         proposal_lse=_list_values(table, "proposal_lse")[0],
         label_logprob=_list_values(table, "label_logprob")[0],
         logit_mean=_list_values(table, "logit_mean")[0],

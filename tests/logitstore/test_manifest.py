@@ -59,8 +59,18 @@ def test_json_round_trip_and_stats() -> None:
 def test_unknown_version_names_both_versions() -> None:
     d = _manifest().to_dict()
     d["format_version"] = 7
-    with pytest.raises(ManifestVersionError, match="format_version 7 is not supported.*reads format_version 1"):
+    with pytest.raises(ManifestVersionError, match="format_version 7 is not supported.*reads format_version 1 and 2"):
         Manifest.from_dict(d)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_readable_version_is_read_and_kept(version: int) -> None:
+    """format_version 2 (Parquet's raw-plane and nibble columns) did not change the manifest: version 1 manifests
+    read as they are and keep their version."""
+    d = _manifest().to_dict()
+    d["format_version"] = version
+    assert Manifest.from_dict(d).format_version == version
+    assert json.loads(Manifest.from_dict(d).to_json())["format_version"] == version
 
 
 def test_malformed_manifests() -> None:

@@ -109,12 +109,14 @@ def test_deep_verify_finds_broken_invariants_behind_a_valid_checksum(tmp_path, r
     _build(root, rng, "parquet")
     manifest = json.loads((root / "manifest.json").read_text())
     rel = manifest["shards"][0]["path"]
-    table = pq.read_table(root / rel)
-    ids = table.column("ids").combine_chunks()  # byte planes: 2 per id at V = 500
-    values, per_row = parquet_format._unplanes(ids, 2, np.uint32)
+    shard = pq.ParquetFile(root / rel)
+    layout = parquet_format._EntryLayout.from_metadata(json.loads(shard.schema_arrow.metadata[b"logitstore"]))
+    table = shard.read()
+    values, per_row = layout.read(table, "ids")  # byte planes (2 per id at V = 500), the low one raw
     values[3] = 10_000  # vocab is 500
-    broken = parquet_format._planes(values, 2, np.concatenate([[0], np.cumsum(per_row)]))
-    table = table.set_column(table.column_names.index("ids"), "ids", broken)
+    for name, column in layout.write("ids", values, np.concatenate([[0], np.cumsum(per_row)])).items():
+        table = table.set_column(table.column_names.index(name), name, column)
+    shard.close()
     pq.write_table(table, root / rel)
     nbytes, sha = digest(*resolve(root / rel))
     manifest["shards"][0].update(nbytes=nbytes, sha256=sha)

@@ -1,5 +1,5 @@
-"""The Parquet backend's entry layout: byte-plane blobs for the unsigned entry columns, list columns in older
-shards, and both read back exactly."""
+"""The Parquet backend's entry layout: byte-plane blobs for the unsigned entry columns (rank-order ids' low plane
+raw, q16 gaps as nibbles), the older layouts, and all read back exactly."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from logitstore import LOSSLESS, DatasetWriter, Spec, open_dataset
+from logitstore.errors import CorruptShardError
 from logitstore.formats import parquet as parquet_format
 from tests.conftest import synthetic_record, teacher
 
@@ -32,38 +33,102 @@ def _shard(root) -> pq.ParquetFile:
 
 
 @pytest.mark.parametrize(
-    ("spec", "vocab", "planes"),
+    ("spec", "vocab", "layout"),
     [
-        (Spec(method="topk", k=12), 500, {"ids": 2, "logprobs": 2}),  # ids below 2^16: two planes
-        (Spec(method="sample", n=30), 200_000, {"ids": 3, "logprobs": 2, "counts": 2}),  # 18-bit ids: three
-        (Spec(method="topp", p=0.9, k=40, encoding=LOSSLESS), 70_000, {"ids": 3}),  # float32 logprobs stay lists
-        (Spec(method="topk", k=3), 200, {"ids": 1, "logprobs": 2}),
+        # rank order: the ids' low plane raw in ids_raw, the q16 gaps as nibbles
+        (
+            Spec(method="topk", k=12),
+            500,
+            {"entry_planes": {"ids": 2}, "raw_planes": {"ids": 1}, "nibbles": ["logprobs"]},
+        ),
+        # id order: every plane compressed, codes (not gaps) as planes
+        (Spec(method="sample", n=30), 200_000, {"entry_planes": {"ids": 3, "logprobs": 2, "counts": 2}}),
+        # float32 logprobs stay lists
+        (
+            Spec(method="topp", p=0.9, k=40, encoding=LOSSLESS),
+            70_000,
+            {"entry_planes": {"ids": 3}, "raw_planes": {"ids": 1}},
+        ),
+        # one id plane: nothing to split off
+        (Spec(method="topk", k=3), 200, {"entry_planes": {"ids": 1}, "nibbles": ["logprobs"]}),
+        (
+            Spec(method="topp", p=0.8, k=30),
+            300_000,
+            {"entry_planes": {"ids": 3}, "raw_planes": {"ids": 1}, "nibbles": ["logprobs"]},
+        ),
     ],
 )
-def test_unsigned_entry_columns_are_byte_planes_and_read_back_exactly(tmp_path, rng, spec, vocab, planes) -> None:
+def test_entry_columns_are_stored_in_the_declared_layout_and_read_back_exactly(
+    tmp_path, rng, spec, vocab, layout
+) -> None:
     records = _write(tmp_path / "ds", spec, vocab, rng)
     shard = _shard(tmp_path / "ds")
-    assert json.loads(shard.schema_arrow.metadata[b"logitstore"])["entry_planes"] == planes
+    meta = json.loads(shard.schema_arrow.metadata[b"logitstore"])
+    assert {k: meta[k] for k in ("entry_planes", "raw_planes", "nibbles") if k in meta} == layout
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["format_version"] == 2
+    names = shard.schema_arrow.names
     for name in ("ids", "logprobs", "counts"):
-        if name in shard.schema_arrow.names:
+        if name in names:
             kind = shard.schema_arrow.field(name).type
-            assert (kind == pa.large_binary()) == (name in planes), name
+            blob = name in layout["entry_planes"] or name in layout.get("nibbles", [])
+            assert (kind == pa.large_binary()) == blob, name
+    assert ("ids_raw" in names) == ("raw_planes" in layout)
+    assert ("logprobs_escapes" in names) == ("nibbles" in layout)
+    compression = {c.path_in_schema: c.compression for c in map(shard.metadata.row_group(0).column, range(len(names)))}
+    assert {n for n, c in compression.items() if c != "ZSTD"} == ({"ids_raw"} if "raw_planes" in layout else set())
     ds = open_dataset(tmp_path / "ds", verify=True)
     for r in records:
         assert ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound)
 
 
-def test_shards_with_list_entry_columns_still_read(tmp_path, rng, monkeypatch) -> None:
-    """Shards written before the byte-plane layout (list columns, no entry_planes metadata) read as before."""
-    spec = Spec(method="sample", n=20)
-    monkeypatch.setattr(parquet_format, "ENTRY_PLANES", False)
+@pytest.mark.parametrize(
+    "older",
+    [
+        {"RAW_LOW_PLANE": False, "NIBBLE_GAPS": False},  # byte planes only (2026-12-02)
+        {"ENTRY_PLANES": False},  # list columns (before)
+    ],
+)
+def test_shards_in_older_layouts_still_read(tmp_path, rng, monkeypatch, older: dict) -> None:
+    """Shards written before today's layout (no raw_planes / nibbles, or no entry_planes at all) read as before:
+    the reader follows each shard's own metadata."""
+    spec = Spec(method="topk", k=9)
+    for name, value in older.items():
+        monkeypatch.setattr(parquet_format, name, value)
     records = _write(tmp_path / "ds", spec, 40_000, rng)
-    shard = _shard(tmp_path / "ds")
-    assert "entry_planes" not in json.loads(shard.schema_arrow.metadata[b"logitstore"])
-    assert pa.types.is_large_list(shard.schema_arrow.field("ids").type)
-    monkeypatch.setattr(parquet_format, "ENTRY_PLANES", True)  # today's reader
+    names = _shard(tmp_path / "ds").schema_arrow.names
+    assert "ids_raw" not in names and "logprobs_escapes" not in names
+    monkeypatch.undo()  # today's reader
     ds = open_dataset(tmp_path / "ds", verify=True)
     assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_nibbles_round_trip_escapes_empty_and_odd_rows(rng, odd: bool) -> None:
+    sizes = np.array([0, 6, 2, 0, 8] if not odd else [3, 0, 1, 6, 5], dtype=np.int64)
+    values = rng.integers(0, 20, size=int(sizes.sum())).astype(np.uint16)
+    values[[1, -1]] = [65535, 15]  # the largest value (a -inf code) and the smallest escaped one
+    offsets = parquet_format._offsets(sizes, np.int64)
+    nibbles, escapes = parquet_format._nibbles(values, offsets)
+    assert [len(b) for b in nibbles.to_pylist()] == ((sizes + 1) // 2).tolist()
+    assert sum(len(b) for b in escapes.to_pylist()) == 2 * int((values >= 15).sum())
+    assert nibbles.to_pylist()[1 if not odd else 0][0] == min(int(values[0]), 15) | min(int(values[1]), 15) << 4
+    back = parquet_format._unnibbles(nibbles, escapes, sizes)
+    assert back.dtype == np.uint16 and back.tolist() == values.tolist()
+    many = rng.geometric(0.3, size=4001).astype(np.uint16)
+    cuts = np.concatenate([[0], np.sort(rng.integers(0, 4001, size=300)), [4001]]).astype(np.int64)
+    nibbles, escapes = parquet_format._nibbles(many, cuts)
+    assert np.array_equal(parquet_format._unnibbles(nibbles, escapes, np.diff(cuts)), many)
+
+
+def test_a_nibble_column_whose_escapes_disagree_is_corrupt() -> None:
+    values = np.array([3, 40, 2, 90], dtype=np.uint16)
+    offsets = np.array([0, 4], dtype=np.int64)
+    nibbles, _ = parquet_format._nibbles(values, offsets)
+    _, fewer = parquet_format._nibbles(values[:2], np.array([0, 2], dtype=np.int64))
+    with pytest.raises(CorruptShardError, match="2 escapes but its escape column 1"):
+        parquet_format._unnibbles(nibbles, fewer, np.array([4]))
+    with pytest.raises(CorruptShardError, match="holds 2 bytes for 5 values"):
+        parquet_format._unnibbles(nibbles, fewer, np.array([5]))
 
 
 @pytest.mark.parametrize("loop_min", [0, 10**9])  # the per-row loop and the vectorized gather
@@ -79,6 +144,13 @@ def test_planes_round_trip_empty_and_uneven_rows(monkeypatch, rng, loop_min: int
     cuts = np.concatenate([[0], np.sort(rng.integers(0, 5000, size=799)), [5000]]).astype(np.int64)
     back, per_row = parquet_format._unplanes(parquet_format._planes(many, 2, cuts), 2, np.uint16)
     assert np.array_equal(back, many) and np.array_equal(per_row, np.diff(cuts))
+    # a low plane apart (ids_raw) and the others from byte 1 on, or-ed into it
+    low, _ = parquet_format._unplanes(parquet_format._planes(values, 1, offsets), 1, np.uint32)
+    high = parquet_format._planes(values, 2, offsets, first=1)
+    back, per_row = parquet_format._unplanes(high, 2, np.uint32, first=1, out=low)
+    assert back.tolist() == values.tolist() and per_row.tolist() == [0, 2, 0, 4]
+    with pytest.raises(CorruptShardError, match="byte planes hold 6 values where the shard's other planes hold 5"):
+        parquet_format._unplanes(high, 2, np.uint32, first=1, out=low[:5])
     empty = parquet_format._planes(np.zeros(0, np.uint16), 2, np.zeros(3, np.int64))
     back, per_row = parquet_format._unplanes(empty, 2, np.uint16)
     assert back.size == 0 and per_row.tolist() == [0, 0]
@@ -105,7 +177,6 @@ def test_a_shard_that_fails_its_open_checks_fails_every_read_and_keeps_no_file_o
     (the reader once kept the file it had opened, so a second read went ahead), and its file is closed."""
     import dataclasses
 
-    from logitstore.errors import CorruptShardError
     from logitstore.formats import READERS
 
     spec = Spec(method="topk", k=4)
