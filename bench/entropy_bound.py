@@ -41,7 +41,8 @@ import logitstore  # noqa: E402
 from logitstore import codec  # noqa: E402
 
 TARGETS = {"topk128": 200.0, "sample50": 25.0}
-ENTRY_COLUMNS = ("ids", "logprobs", "counts")
+#: The Parquet columns that hold entries (format_version 2 adds the ids' raw low plane and the nibbles' escapes).
+ENTRY_COLUMNS = ("ids", "ids_raw", "logprobs", "logprobs_escapes", "counts")
 
 
 def entropy_bits(values: np.ndarray) -> float:

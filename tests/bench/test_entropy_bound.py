@@ -29,3 +29,21 @@ def test_entropies_of_uniform_values() -> None:
     assert math.isclose(entropy_bound.entropy_bits(values), 3.0)
     given = values % 2  # knowing the parity leaves 4 equally likely values
     assert math.isclose(entropy_bound.conditional_entropy_bits(values, given), 2.0)
+
+
+def test_every_column_that_holds_entries_is_counted_as_one(tmp_path, rng) -> None:
+    """The bound compares the stored entry columns with the ideal; a layout that adds one (format 2's ids_raw and
+    logprobs_escapes) must not slip into the "rest"."""
+    import storage
+
+    from logitstore import DatasetWriter, Spec
+    from tests.conftest import synthetic_record, teacher
+
+    for spec in (Spec(method="topk", k=8), Spec(method="sample", n=12)):
+        root = tmp_path / spec.method
+        with DatasetWriter(root, spec=spec, teacher=teacher(5000), backend="parquet") as w:
+            for i in range(3):
+                w.write(synthetic_record(spec, rng, seq_id=i, length=40, vocab_size=5000))
+        stored = storage.column_bytes(root, "parquet")
+        holding_entries = {c for c in stored if c.split("_")[0] in ("ids", "logprobs", "counts")}
+        assert holding_entries and holding_entries <= set(entropy_bound.ENTRY_COLUMNS), holding_entries
