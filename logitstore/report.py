@@ -428,8 +428,10 @@ def _storage(ds: Dataset, notes: list[str]) -> StorageStats:
 
 
 def _parquet_fields(ds: Dataset, path: str) -> dict[str, int]:
-    """Compressed bytes of each top-level column (column chunks incl. page headers) from the Parquet footer."""
+    """Compressed bytes of each record field (its column chunks incl. page headers) from the Parquet footer."""
     import pyarrow.parquet as pq
+
+    from logitstore.formats.parquet import field_of
 
     out: dict[str, int] = {}
     with open_input(ds.fs, path) as f:
@@ -438,7 +440,7 @@ def _parquet_fields(ds: Dataset, path: str) -> dict[str, int]:
             rg = md.row_group(g)
             for c in range(rg.num_columns):
                 col = rg.column(c)
-                name = col.path_in_schema.split(".")[0]
+                name = field_of(col.path_in_schema.split(".")[0])  # ids_raw counts as ids, etc.
                 out[name] = out.get(name, 0) + int(col.total_compressed_size)
     return out
 

@@ -106,6 +106,20 @@ class ParquetShardWriter(ShardWriter):
             self._writer = None
 
 
+#: Physical columns that hold part of an entry field (format_version 2), by suffix.
+_PART_SUFFIXES = ("_raw", "_escapes")
+
+
+def field_of(column: str) -> str:
+    """The record field a physical column of a shard holds: ``ids_raw`` -> ``ids``, ``logprobs_escapes`` ->
+    ``logprobs``, anything else itself."""
+    for suffix in _PART_SUFFIXES:
+        base = column.removesuffix(suffix)
+        if base != column and base in _ENTRY_COLUMNS:
+            return base
+    return column
+
+
 _PLANE_DTYPES = {"ids": np.uint32, "logprobs": np.uint16, "counts": np.uint16}
 
 

@@ -92,28 +92,34 @@ def test_dense_cache_exact_entropy_and_its_own_rows_as_the_audit(tmp_path, rng) 
 
 
 @pytest.mark.parametrize("backend", ["parquet", "zarr"])
-def test_bytes_by_field_add_up_to_the_files(tmp_path, rng, backend) -> None:
-    write(tmp_path / "ds", Spec(method="sample", n=24), rng, backend=backend)
+@pytest.mark.parametrize("spec", [Spec(method="sample", n=24), Spec(method="topk", k=6)])
+def test_bytes_by_field_add_up_to_the_files(tmp_path, rng, backend, spec) -> None:
+    """Every physical column counts towards its record field: a top-k Parquet shard's ids_raw is part of ids and
+    logprobs_escapes of logprobs (format_version 2), so the per-entry bytes behind the k / n estimates are whole."""
+    write(tmp_path / "ds", spec, rng, backend=backend)
     ds = open_dataset(tmp_path / "ds")
     m = ds.manifest
     s = analyze(tmp_path / "ds").storage
     by_name = {f.name: f for f in s.fields}
-    assert {"input_ids", "lse", "nnz", "ids", "logprobs", "counts", "keys.idx"} <= set(by_name)
-    assert {f.name for f in s.fields if f.per_entry} == {"ids", "logprobs", "counts"}
+    entry_fields = {"ids", "logprobs", "counts"} if spec.method == "sample" else {"ids", "logprobs"}
+    assert {"input_ids", "lse", "nnz", "keys.idx", *entry_fields} <= set(by_name)
+    assert {f.name for f in s.fields if f.per_entry} == entry_fields
+    assert not {"ids_raw", "logprobs_escapes"} & set(by_name)
     assert sum(f.nbytes for f in s.fields) == sum(sh.nbytes for sh in m.shards) + m.key_index.nbytes
     assert s.bytes_per_token == pytest.approx(m.stats.bytes_per_token)
     entries = sum(sh.num_entries for sh in m.shards)
-    entry_bytes = sum(by_name[n].nbytes for n in ("ids", "logprobs", "counts"))
+    entry_bytes = sum(by_name[n].nbytes for n in entry_fields)
     assert s.bytes_per_entry == pytest.approx(entry_bytes / entries)
     assert s.estimate(m.stats.mean_entries_per_position) == pytest.approx(m.stats.bytes_per_token)
-    if backend == "parquet":  # the column chunks pyarrow reports for the logprobs column
+    if backend == "parquet":  # the column chunks pyarrow reports for the logprobs field
         expected = 0
         for sh in m.shards:
             md = pq.ParquetFile(tmp_path / "ds" / sh.path).metadata
             for g in range(md.num_row_groups):
                 for c in range(md.num_columns):
-                    if md.row_group(g).column(c).path_in_schema.split(".")[0] == "logprobs":  # blob or list leaf
-                        expected += md.row_group(g).column(c).total_compressed_size
+                    column = md.row_group(g).column(c)
+                    if column.path_in_schema.split(".")[0] in ("logprobs", "logprobs_escapes"):  # blob, list leaf
+                        expected += column.total_compressed_size
         assert by_name["logprobs"].nbytes == expected
 
 
