@@ -174,7 +174,8 @@ class _EntryLayout:
         if name not in table.column_names:
             return None, None
         if name in self.nibbles:
-            assert sizes is not None, "nibble columns are read after a column that gives the rows' sizes"
+            if sizes is None:  # rank order always stores ids, which give the rows' sizes
+                raise CorruptShardError(f"nibble column {name!r} has no ids column to give its rows' sizes")
             return _unnibbles(_one_chunk(table, name), _one_chunk(table, f"{name}_escapes"), sizes), sizes
         if name not in self.planes:
             return _list_values(table, name)

@@ -129,6 +129,10 @@ def test_a_nibble_column_whose_escapes_disagree_is_corrupt() -> None:
         parquet_format._unnibbles(nibbles, fewer, np.array([4]))
     with pytest.raises(CorruptShardError, match="holds 2 bytes for 5 values"):
         parquet_format._unnibbles(nibbles, fewer, np.array([5]))
+    layout = parquet_format._EntryLayout({}, {}, ("logprobs",))
+    table = pa.table({"logprobs": nibbles, "logprobs_escapes": fewer})
+    with pytest.raises(CorruptShardError, match="nibble column 'logprobs' has no ids column"):
+        layout.read(table, "logprobs", None)
 
 
 @pytest.mark.parametrize("loop_min", [0, 10**9])  # the per-row loop and the vectorized gather
