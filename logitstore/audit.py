@@ -33,7 +33,7 @@ from typing_extensions import Self
 
 from logitstore.errors import ChecksumMismatchError, CorruptShardError, InvalidInputError
 from logitstore.fs import digest, fsync_dir, fsync_tree, open_input
-from logitstore.manifest import FORMAT_VERSION, AuditFileInfo, audit_relpath
+from logitstore.manifest import AuditFileInfo, audit_relpath
 from logitstore.rng import audit_uniforms
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 ROW_GROUP_BYTES = 32 << 20
 AUDIT_DTYPE = "float16"
 ZSTD_LEVEL = 1
+#: The oldest format_version whose readers read a sidecar: its layout has not changed since version 1.
+SIDECAR_FORMAT_VERSION = 1
 
 
 def parse_audit_fraction(value: Any, *, name: str = "audit_fraction") -> float:
@@ -123,7 +125,7 @@ class AuditWriter:
 
     def _open(self) -> pq.ParquetWriter:
         if self._writer is None:
-            meta = {"format_version": FORMAT_VERSION, "kind": "audit", "vocab_size": self.vocab_size}
+            meta = {"format_version": SIDECAR_FORMAT_VERSION, "kind": "audit", "vocab_size": self.vocab_size}
             schema = pa.schema(
                 [
                     pa.field("seq_id", pa.int64(), nullable=False),

@@ -360,7 +360,7 @@ def _check_entries(
         raise InvalidInputError(
             f"entries of {spec.method!r} records must be in rank order (descending logprob) within each position"
         )
-    # float32 exponentials (a SIMD pass, ~2x a float64 one), summed per position in float64
+    # float32 exponentials (a SIMD pass, ~2x a float64 one), summed per position (Segments.sums)
     mass = seg.sums(np.exp(logprobs, dtype=np.float32))
     # Quantized values may overshoot each probability by exp(error_bound); exact ones only by float rounding.
     limit = 1.0 + 1e-3 + (np.expm1(spec.encoding.error_bound) if decoded else 0.0)

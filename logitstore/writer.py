@@ -119,7 +119,7 @@ def finalize(
     corpus = corpus or CorpusInfo()
     corpus = CorpusInfo(**{**corpus.to_dict(), "num_sequences": num_sequences, "num_tokens": num_tokens})
     manifest = Manifest(
-        format_version=WRITERS[backend].format_version,
+        format_version=WRITERS[backend].format_version_for(spec, teacher.vocab_size),
         name=name or root.name,
         backend=backend,
         teacher=teacher,

@@ -6,6 +6,8 @@ import os
 import secrets
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,8 +35,11 @@ class ShardWriter(ABC):
     not committed is removed on exit, so nothing half-written is ever visible under the final name.
     """
 
-    #: The oldest manifest format_version whose readers read this backend's shards (the dataset's is this).
-    format_version = 1
+    @classmethod
+    def format_version_for(cls, spec: Spec, vocab_size: int) -> int:
+        """The oldest format_version whose readers read this backend's shards of ``spec`` over ``vocab_size`` ids:
+        the manifest of a dataset of them records it, and each shard's metadata too."""
+        return 1
 
     def __init__(self, path: str | os.PathLike[str], relpath: str, spec: Spec, vocab_size: int, *, first_seq: int):
         self.path = Path(path)
@@ -145,6 +150,19 @@ class ShardReader(ABC):
     def __len__(self) -> int:
         return self.info.num_sequences
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Read this shard inside: any failure becomes a :class:`CorruptShardError` that names it."""
+        self._after_fork()
+        try:
+            yield
+        except CorruptShardError as exc:
+            if self.info.path in str(exc):
+                raise
+            raise CorruptShardError(f"shard {self.info.path}: {exc}") from exc
+        except Exception as exc:
+            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
+
     def read(self, index: int) -> Record:
         """Record at position ``index`` within this shard."""
         return self.read_range(index, index + 1)[0]
@@ -155,14 +173,9 @@ class ShardReader(ABC):
             raise IndexError(f"range [{start}, {stop}) is outside shard {self.info.path} of {len(self)} sequences")
         if start == stop:
             return []
-        self._after_fork()
-        try:
+        with self._reading():
             cols = self._read_columns(start, stop)
             records = codec.decode(cols, self.spec, self.vocab_size)
-        except CorruptShardError:
-            raise
-        except Exception as exc:
-            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
         first = self.info.first_seq + start
         if len(records) != stop - start or any(r.seq_id != first + i for i, r in enumerate(records)):
             raise CorruptShardError(f"shard {self.info.path} holds unexpected seq_ids at [{start}, {stop})")
@@ -173,24 +186,16 @@ class ShardReader(ABC):
         group): a cache can keep all of it for the price of the one record. This base: just ``index``."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is outside shard {self.info.path} of {len(self)} sequences")
-        self._after_fork()
-        try:
+        with self._reading():
             return self._block(index)
-        except CorruptShardError:
-            raise
-        except Exception as exc:
-            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
 
     def _block(self, index: int) -> tuple[int, int]:
         return index, index + 1
 
     def keys(self) -> np.ndarray:
         """``[n, 16] uint8`` content keys of all records in the shard."""
-        self._after_fork()
-        try:
+        with self._reading():
             keys = self._read_keys()
-        except Exception as exc:
-            raise CorruptShardError(f"shard {self.info.path} cannot be read: {type(exc).__name__}: {exc}") from exc
         if keys.shape != (len(self), 16):
             raise CorruptShardError(f"shard {self.info.path} holds {keys.shape[0]} keys, expected {len(self)}")
         return keys
@@ -212,10 +217,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def shard_metadata(spec: Spec, vocab_size: int, format_version: int) -> dict[str, Any]:
+def shard_metadata(writer: ShardWriter) -> dict[str, Any]:
     """What a shard says about itself, so a lone shard file is still interpretable."""
+    spec, vocab_size = writer.spec, writer.vocab_size
     return {
-        "format_version": format_version,
+        "format_version": writer.format_version_for(spec, vocab_size),
         "spec": spec.to_dict(),
         "vocab_size": vocab_size,
         "entry_order": spec.entry_order,

@@ -25,6 +25,7 @@ from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError
 from logitstore.formats.base import ShardReader, ShardWriter, shard_metadata
 from logitstore.fs import open_input
+from logitstore.spec import Spec
 
 _TOKEN_COLUMNS = ("lse", "nnz", "proposal_lse", "logit_mean", "logit_std")
 _ENTRY_COLUMNS = ("ids", "logprobs", "counts")
@@ -37,7 +38,7 @@ ENTRY_PLANES = True
 RAW_LOW_PLANE = True
 #: q16 gaps (rank order, compact) are stored as 4-bit nibbles, two to a byte; a nibble of 15 says "15 + the next
 #: value of ``logprobs_escapes``". ~96% of gaps are below 15: zstd then reads half the bytes (a third of the time)
-#: and writes ~13% fewer.
+#: and writes ~12% fewer.
 NIBBLE_GAPS = True
 #: The largest value a nibble holds itself; it also marks an escape.
 _NIBBLE_ESCAPE = 15
@@ -45,7 +46,12 @@ _NIBBLE_ESCAPE = 15
 
 class ParquetShardWriter(ShardWriter):
     _writer: pq.ParquetWriter | None = None
-    format_version = 2  # raw low planes and nibble gaps (format_version 1 readers would misread them)
+
+    @classmethod
+    def format_version_for(cls, spec: Spec, vocab_size: int) -> int:
+        """2 when the shards keep a raw low plane or nibble gaps (format_version 1 readers would misread them)."""
+        layout = _EntryLayout.for_spec(spec, vocab_size)
+        return 2 if layout.raw or layout.nibbles else 1
 
     def _write_columns(self, cols: Columns) -> None:
         tok_off = _offsets(cols.lengths, np.int64)  # int64 offsets: a flush may exceed 2^31 values
@@ -59,7 +65,7 @@ class ParquetShardWriter(ShardWriter):
             values = getattr(cols, name)
             if values is not None:
                 arrays[name] = _list(tok_off, values)
-        layout = self._layout(cols)
+        layout = _EntryLayout.for_spec(self.spec, self.vocab_size)
         for name in _ENTRY_COLUMNS:
             values = getattr(cols, name)
             if values is not None:
@@ -69,7 +75,7 @@ class ParquetShardWriter(ShardWriter):
         # Nothing is ever null: non-nullable fields spare Parquet a definition level per value (~15% faster reads).
         table = pa.table(arrays, schema=pa.schema([pa.field(n, a.type, nullable=False) for n, a in arrays.items()]))
         if self._writer is None:
-            meta = {**shard_metadata(self.spec, self.vocab_size, self.format_version), **layout.to_metadata()}
+            meta = {**shard_metadata(self), **layout.to_metadata()}
             schema = table.schema.with_metadata({"logitstore": json.dumps(meta)})
             # Options are set per leaf column; a list column's leaf is "<name>.list.element".
             leaves = [f"{n}.list.element" if pa.types.is_large_list(a.type) else n for n, a in arrays.items()]
@@ -85,20 +91,6 @@ class ParquetShardWriter(ShardWriter):
             )
             table = table.replace_schema_metadata(schema.metadata)
         self._writer.write_table(table, row_group_size=len(cols))
-
-    def _layout(self, cols: Columns) -> _EntryLayout:
-        """How this shard stores its entry columns (see :class:`_EntryLayout`)."""
-        if not ENTRY_PLANES:
-            return _EntryLayout()
-        planes = {"ids": max(1, (max(self.vocab_size - 1, 1).bit_length() + 7) // 8)} if cols.ids is not None else {}
-        for name in ("logprobs", "counts"):
-            values = getattr(cols, name)
-            if values is not None and values.dtype == np.uint16:
-                planes[name] = 2
-        rank = self.spec.entry_order == "rank"
-        raw = {"ids": 1} if RAW_LOW_PLANE and rank and planes.get("ids", 0) >= 2 else {}
-        nibbles = ("logprobs",) if NIBBLE_GAPS and rank and "logprobs" in planes else ()
-        return _EntryLayout({n: w for n, w in planes.items() if n not in nibbles}, raw, nibbles)
 
     def _close(self) -> None:
         if self._writer is not None:
@@ -139,12 +131,40 @@ class _EntryLayout:
     nibbles: tuple[str, ...] = ()
 
     @classmethod
+    def for_spec(cls, spec: Spec, vocab_size: int) -> _EntryLayout:
+        """How a shard of ``spec`` over ``vocab_size`` ids stores its entry columns (what the writer uses)."""
+        if not ENTRY_PLANES:
+            return cls()
+        planes = {"ids": max(1, (max(vocab_size - 1, 1).bit_length() + 7) // 8)} if spec.method != "dense" else {}
+        if not spec.encoding.lossless:
+            planes["logprobs"] = 2  # q16 codes
+        if spec.has_counts:
+            planes["counts"] = 2
+        rank = spec.entry_order == "rank"
+        raw = {"ids": 1} if RAW_LOW_PLANE and rank and planes.get("ids", 0) >= 2 else {}
+        nibbles = ("logprobs",) if NIBBLE_GAPS and rank and "logprobs" in planes else ()
+        return cls({n: w for n, w in planes.items() if n not in nibbles}, raw, nibbles)
+
+    @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> _EntryLayout:
-        return cls(
-            {n: int(w) for n, w in meta.get("entry_planes", {}).items()},
-            {n: int(w) for n, w in meta.get("raw_planes", {}).items()},
-            tuple(meta.get("nibbles", ())),
+        """The layout a shard's metadata declares; a declaration no reader could follow is a CorruptShardError."""
+        try:
+            planes = {str(n): int(w) for n, w in meta.get("entry_planes", {}).items()}
+            raw = {str(n): int(r) for n, r in meta.get("raw_planes", {}).items()}
+            nibbles = tuple(str(n) for n in meta.get("nibbles", ()))
+        except (AttributeError, TypeError, ValueError) as e:
+            raise CorruptShardError(f"unreadable entry layout in the shard's metadata ({e})") from None
+        bad = (
+            [n for n, w in planes.items() if n not in _PLANE_DTYPES or not 1 <= w <= _PLANE_DTYPES[n]().itemsize]
+            + [n for n, r in raw.items() if not 1 <= r < planes.get(n, 0)]
+            + [n for n in nibbles if n != "logprobs" or n in planes]
         )
+        if bad:
+            raise CorruptShardError(
+                f"the shard's metadata declares an impossible layout for {sorted(set(bad))}: entry_planes={planes}, "
+                f"raw_planes={raw}, nibbles={list(nibbles)}"
+            )
+        return cls(planes, raw, nibbles)
 
     def to_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {"entry_planes": self.planes} if self.planes else {}
@@ -303,8 +323,8 @@ def _unplanes(
             out |= data[pos + p * stride].astype(dtype) << (8 * (first + p))
         return out, sizes.astype(np.int64)
     fresh = out is None
-    if out is None:
-        out = np.empty(total, dtype=dtype)
+    if out is None:  # plane 0 is copied, not or-ed, into fresh memory; planes above it need zeros below them
+        out = np.empty(total, dtype=dtype) if first == 0 else np.zeros(total, dtype=dtype)
     at = 0
     for start, n in zip(starts[:-1].tolist(), sizes.tolist(), strict=True):
         planes = data[start : start + width * n].reshape(width, n)
@@ -350,7 +370,8 @@ def _one_chunk(table: pa.Table, name: str) -> pa.Array:
 
 def _nibbles(values: np.ndarray, offsets: np.ndarray) -> tuple[pa.LargeBinaryArray, pa.LargeBinaryArray]:
     """uint16 ``values [E]`` (rows at ``offsets [n + 1]``) as two binary columns: per row, its values as 4-bit
-    nibbles (value ``i`` of the row in the low half of byte ``i // 2``; a row of odd length ends with a 0 nibble),
+    nibbles (value ``i`` of the row in byte ``i // 2``, even ``i`` in its low half, odd in its high; a row of odd
+    length ends with a 0 nibble),
     where 15 stands for ``15 + e``, and the ``e`` of its escaped values, in order, as 2 byte planes."""
     sizes = np.diff(offsets)
     odd = (sizes & 1).astype(bool)
@@ -374,7 +395,10 @@ def _unnibbles(nibbles: pa.LargeBinaryArray, escapes: pa.LargeBinaryArray, sizes
     packed = np.frombuffer(data, dtype=np.uint8)[starts[0] : starts[-1]] if data is not None else np.zeros(0, np.uint8)
     odd = (sizes & 1).astype(bool)
     if len(packed) != int(((sizes + odd) // 2).sum()):
-        raise CorruptShardError(f"nibble column holds {len(packed)} bytes for {int(sizes.sum())} values")
+        raise CorruptShardError(
+            f"nibble column holds {len(packed)} bytes where its rows' {int(sizes.sum())} values need "
+            f"{int(((sizes + odd) // 2).sum())}"
+        )
     wide = packed.astype(np.uint16)
     values = ((wide & 15) | ((wide >> 4) << 8)).view(np.uint8)  # little-endian: each byte's low nibble first
     if odd.any():  # drop the pad nibble that ends each odd row

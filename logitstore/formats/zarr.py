@@ -51,7 +51,7 @@ class ZarrShardWriter(ShardWriter):
     def _write_columns(self, cols: Columns) -> None:
         if self._group is None:
             self._group = zarr.open_group(str(self.tmp_path), mode="w", zarr_format=3)
-            self._group.attrs["logitstore"] = shard_metadata(self.spec, self.vocab_size, self.format_version)
+            self._group.attrs["logitstore"] = shard_metadata(self)
             self._buffers, self._written = {}, {}
         for name in _ALL_COLUMNS:
             values = getattr(cols, name)

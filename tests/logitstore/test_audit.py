@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -61,6 +62,9 @@ def test_rows_round_trip_and_the_manifest_lists_one_file_per_shard(tmp_path, rng
         f"audit/{i:05d}.parquet" for i in range(len(m.shards))
     ]
     assert m.audit.num_positions == len(audited) > 0
+    # a sidecar's layout is format_version 1's, whatever the shards' (here 2: nibble gaps)
+    sidecar = pq.ParquetFile(tmp_path / "ds" / m.audit.files[0].path)
+    assert m.format_version == 2 and json.loads(sidecar.schema_arrow.metadata[b"logitstore"])["format_version"] == 1
     rows = read_audit(ds)
     assert rows.logprobs.dtype == np.float16 and rows.logprobs.shape == (len(audited), V)
     assert list(zip(rows.seq_ids.tolist(), rows.positions.tolist(), strict=True)) == sorted(audited)

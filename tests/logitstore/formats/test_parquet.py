@@ -65,7 +65,10 @@ def test_entry_columns_are_stored_in_the_declared_layout_and_read_back_exactly(
     shard = _shard(tmp_path / "ds")
     meta = json.loads(shard.schema_arrow.metadata[b"logitstore"])
     assert {k: meta[k] for k in ("entry_planes", "raw_planes", "nibbles") if k in meta} == layout
-    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["format_version"] == 2
+    # version 2 only where format_version 1 readers would misread the shards (a raw plane, nibbles)
+    version = 2 if "raw_planes" in layout or "nibbles" in layout else 1
+    assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["format_version"] == version
+    assert meta["format_version"] == version
     names = shard.schema_arrow.names
     for name in ("ids", "logprobs", "counts"):
         if name in names:
@@ -127,7 +130,7 @@ def test_a_nibble_column_whose_escapes_disagree_is_corrupt() -> None:
     _, fewer = parquet_format._nibbles(values[:2], np.array([0, 2], dtype=np.int64))
     with pytest.raises(CorruptShardError, match="2 escapes but its escape column 1"):
         parquet_format._unnibbles(nibbles, fewer, np.array([4]))
-    with pytest.raises(CorruptShardError, match="holds 2 bytes for 5 values"):
+    with pytest.raises(CorruptShardError, match="holds 2 bytes where its rows' 5 values need 3"):
         parquet_format._unnibbles(nibbles, fewer, np.array([5]))
     layout = parquet_format._EntryLayout({}, {}, ("logprobs",))
     table = pa.table({"logprobs": nibbles, "logprobs_escapes": fewer})
@@ -153,6 +156,10 @@ def test_planes_round_trip_empty_and_uneven_rows(monkeypatch, rng, loop_min: int
     high = parquet_format._planes(values, 2, offsets, first=1)
     back, per_row = parquet_format._unplanes(high, 2, np.uint32, first=1, out=low)
     assert back.tolist() == values.tolist() and per_row.tolist() == [0, 2, 0, 4]
+    # without them, the bytes below ``first`` are zeros (the loop once left them uninitialized)
+    many32 = rng.integers(0, 2**32, size=5000, dtype=np.uint32)
+    back, _ = parquet_format._unplanes(parquet_format._planes(many32, 3, cuts, first=1), 3, np.uint32, first=1)
+    assert np.array_equal(back, many32 & np.uint32(0xFFFFFF00))
     with pytest.raises(CorruptShardError, match="byte planes hold 6 values where the shard's other planes hold 5"):
         parquet_format._unplanes(high, 2, np.uint32, first=1, out=low[:5])
     empty = parquet_format._planes(np.zeros(0, np.uint16), 2, np.zeros(3, np.int64))
@@ -192,3 +199,38 @@ def test_a_shard_that_fails_its_open_checks_fails_every_read_and_keeps_no_file_o
         with pytest.raises(CorruptShardError, match="rows, manifest says 24"):
             reader.read(0)
         assert reader._file is None and reader._source is None
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"entry_planes": {"ids": 5}},  # wider than the values
+        {"entry_planes": {"labels": 2}},  # not an entry column
+        {"entry_planes": {"ids": 2}, "raw_planes": {"ids": 2}},  # no plane left for the ids column
+        {"entry_planes": {"ids": 2}, "raw_planes": {"logprobs": 1}},  # raw planes of a column without planes
+        {"entry_planes": {"ids": 2, "logprobs": 2}, "nibbles": ["logprobs"]},  # both planes and nibbles
+        {"nibbles": ["ids"]},  # ids are never nibbles
+        {"entry_planes": {"ids": "two"}},
+        {"entry_planes": ["ids"]},
+    ],
+)
+def test_an_impossible_layout_in_a_shards_metadata_is_corrupt(meta: dict) -> None:
+    with pytest.raises(CorruptShardError, match="layout"):
+        parquet_format._EntryLayout.from_metadata(meta)
+
+
+def test_a_shard_whose_columns_disagree_is_reported_with_its_name(tmp_path, rng) -> None:
+    """A decode error deep in the layout (here: a nibble column whose escapes went missing) names the shard."""
+    spec = Spec(method="topk", k=40)
+    _write(tmp_path / "ds", spec, 300, rng)
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    shard = tmp_path / "ds" / manifest["shards"][0]["path"]
+    table = pq.read_table(shard)
+    index = table.column_names.index("logprobs_escapes")
+    empty = pa.array([b""] * len(table), type=pa.large_binary())
+    pq.write_table(
+        table.set_column(index, pa.field("logprobs_escapes", pa.large_binary(), nullable=False), empty), shard
+    )
+    ds = open_dataset(tmp_path / "ds")
+    with pytest.raises(CorruptShardError, match=f"shard {manifest['shards'][0]['path']}: nibble column holds"):
+        ds[0]
