@@ -286,6 +286,10 @@ class DatasetWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is None:
-            self.finish()
+            try:
+                self.finish()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()

@@ -82,13 +82,17 @@ class ShardWriter(ABC):
 
     def commit(self) -> ShardInfo:
         """Flush, close, rename to the final name, and describe the committed shard."""
-        self._flush()
-        if self._num_sequences == 0:
-            raise InvalidInputError(f"shard {self.relpath} has no records; a shard holds at least one sequence")
-        self._close()
-        fsync_tree(self.tmp_path)  # the manifest may name this shard after a power loss: its bytes must be on disk
-        _remove(self.path)
-        os.replace(self.tmp_path, self.path)
+        try:
+            self._flush()
+            if self._num_sequences == 0:
+                raise InvalidInputError(f"shard {self.relpath} has no records; a shard holds at least one sequence")
+            self._close()
+            fsync_tree(self.tmp_path)  # the manifest may name this shard after a power loss: its bytes must be on disk
+            _remove(self.path)
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()  # a shard that failed to commit leaves no temporary behind
+            raise
         fsync_dir(self.path.parent)
         self._done = True
         nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))
@@ -107,7 +111,7 @@ class ShardWriter(ABC):
     def abort(self) -> None:
         if not self._done:
             try:
-                self._close()
+                self._discard()
             finally:
                 _remove(self.tmp_path)
                 self._done = True
@@ -127,6 +131,10 @@ class ShardWriter(ABC):
     @abstractmethod
     def _close(self) -> None:
         """Finish the temporary shard (idempotent)."""
+
+    def _discard(self) -> None:
+        """Stop writing the temporary shard, which is about to be removed (this base: :meth:`_close`)."""
+        self._close()
 
 
 class ShardReader(ABC):

@@ -174,6 +174,23 @@ def test_failed_write_leaves_no_partial_shard_and_no_manifest(tmp_path, rng, bac
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_commit_that_fails_leaves_no_partial_shard_and_no_manifest(tmp_path, monkeypatch, rng, backend: str) -> None:
+    """A shard whose commit fails (here: the fsync, as on a full or failing disk) is removed, also when the
+    failure comes from the ``with`` block's own finish (it once left the ``.partial`` behind)."""
+
+    def fail(path):  # type: ignore[no-untyped-def]
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(formats_base, "fsync_tree", fail)
+    spec = Spec(method="topk", k=4)
+    with pytest.raises(OSError, match="Input/output error"):
+        with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend) as w:
+            w.write(synthetic_record(spec, rng, seq_id=0, length=10, vocab_size=100))
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert list((tmp_path / "ds" / "shards").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_classifier_records_round_trip(tmp_path, rng, backend: str) -> None:
     """A sequence classifier stores one position (the class distribution) for a whole input sequence."""
     spec = Spec(method="dense", encoding=LOSSLESS)
