@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -98,6 +99,7 @@ class AuditWriter:
 
     def write(self, seq_id: int, positions: np.ndarray, logprobs: np.ndarray) -> None:
         """Rows ``logprobs [n, V]`` (log-softmax, any float dtype) of ``positions [n]`` (ascending) of ``seq_id``."""
+        self._check_open()
         positions = np.asarray(positions, dtype=np.int64)
         n = len(positions)
         if logprobs.shape != (n, self.vocab_size):
@@ -154,17 +156,30 @@ class AuditWriter:
         self._written += len(rows)
 
     def commit(self) -> AuditFileInfo:
-        """Flush, close, rename to the final name and describe the file (an empty file when nothing was audited)."""
-        if self._buffered:
-            self._flush(self._buffered)
-        self._open().close()
-        self._writer = None
-        fsync_tree(self.tmp_path)
-        os.replace(self.tmp_path, self.path)
+        """Flush, close, rename to the final name and describe the file (an empty file when nothing was audited).
+        A commit that fails removes the temporary file and closes the writer."""
+        self._check_open()
+        try:
+            if self._buffered:
+                self._flush(self._buffered)
+            self._open().close()
+            self._writer = None
+            fsync_tree(self.tmp_path)
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            with suppress(Exception):  # the commit's own error is the one to report
+                self.abort()
+            raise
         fsync_dir(self.path.parent)
         self._done = True
         nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))
         return AuditFileInfo(path=self.relpath, num_positions=self._written, nbytes=nbytes, sha256=sha)
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise InvalidInputError(
+                f"audit file {self.relpath} was already committed or aborted; open a new audit writer to write more"
+            )
 
     def abort(self) -> None:
         if not self._done:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -194,6 +195,7 @@ class DatasetWriter:
         self._audit: AuditWriter | None = None
         self._entries_in_shard = 0
         self._next_seq = 0
+        self._failed: str | None = None  # why a shard failed to commit: this writer takes nothing more
 
     def audit_positions(self, record: Record) -> np.ndarray:
         """``[n] int64`` positions of ``record`` whose full distribution the audit keeps (empty without an audit)."""
@@ -204,6 +206,7 @@ class DatasetWriter:
         ``n = len(self.audit_positions(record))`` audited positions (None when n is 0)."""
         if self.manifest is not None:
             raise InvalidInputError("this dataset is already finished; open a new DatasetWriter to write more")
+        self._check_not_failed()
         if record.seq_id != self._next_seq:
             raise InvalidInputError(
                 f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}"
@@ -244,15 +247,30 @@ class DatasetWriter:
 
     def _commit_shard(self) -> None:
         if self._writer is not None:
-            if self._audit is not None:
-                self.audit_files.append(self._audit.commit())
-                self._audit = None
-            self.shards.append(self._writer.commit())
+            try:
+                if self._audit is not None:
+                    self.audit_files.append(self._audit.commit())
+                    self._audit = None
+                self.shards.append(self._writer.commit())
+            except BaseException as exc:
+                self._failed = f"shard {self._writer.relpath} failed to commit ({type(exc).__name__}: {exc})"
+                with suppress(Exception):  # the commit's own error is the one to report
+                    self.abort()
+                raise
             self._writer = None
             self._entries_in_shard = 0
 
+    def _check_not_failed(self) -> None:
+        if self._failed is not None:
+            raise InvalidInputError(
+                f"{self._failed}, so this DatasetWriter takes no more records and writes no manifest: fix the "
+                "cause and write the dataset again with a new DatasetWriter (a precompute job resumes from its "
+                "committed shards)"
+            )
+
     def finish(self) -> Manifest:
         if self.manifest is None:
+            self._check_not_failed()
             self._commit_shard()
             if not self.shards:
                 raise InvalidInputError("no records were written; a dataset holds at least one sequence")
@@ -289,7 +307,8 @@ class DatasetWriter:
             try:
                 self.finish()
             except BaseException:
-                self.abort()
+                with suppress(Exception):  # finish's own error is the one to report
+                    self.abort()
                 raise
         else:
             self.abort()

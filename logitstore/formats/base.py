@@ -7,7 +7,7 @@ import secrets
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,6 +60,7 @@ class ShardWriter(ABC):
         _remove(self.tmp_path)
 
     def write(self, record: Record) -> None:
+        self._check_open()
         expected = self.first_seq + self._num_sequences + len(self._pending)
         if record.seq_id != expected:
             raise InvalidInputError(f"shard {self.relpath} expected seq_id {expected} next, got {record.seq_id}")
@@ -81,7 +82,9 @@ class ShardWriter(ABC):
         self._pending, self._pending_entries = [], 0
 
     def commit(self) -> ShardInfo:
-        """Flush, close, rename to the final name, and describe the committed shard."""
+        """Flush, close, rename to the final name, and describe the committed shard. A commit that fails removes
+        the temporary shard; the writer is then closed (a retry would commit only what was still pending)."""
+        self._check_open()
         try:
             self._flush()
             if self._num_sequences == 0:
@@ -91,7 +94,8 @@ class ShardWriter(ABC):
             _remove(self.path)
             os.replace(self.tmp_path, self.path)
         except BaseException:
-            self.abort()  # a shard that failed to commit leaves no temporary behind
+            with suppress(Exception):  # the commit's own error is the one to report
+                self.abort()  # a shard that failed to commit leaves no temporary behind
             raise
         fsync_dir(self.path.parent)
         self._done = True
@@ -107,6 +111,12 @@ class ShardWriter(ABC):
             sha256=sha,
             row_groups=tuple(self._row_groups),
         )
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise InvalidInputError(
+                f"shard {self.relpath} was already committed or aborted; open a new shard writer to write more"
+            )
 
     def abort(self) -> None:
         if not self._done:

@@ -81,8 +81,10 @@ class ZarrShardWriter(ShardWriter):
                 array.finish()
             group = {"attributes": {"logitstore": shard_metadata(self)}, "zarr_format": 3, "node_type": "group"}
             _write_json(self.tmp_path / "zarr.json", group)
-        finally:
-            chunks.close()  # nothing may still write into a shard being renamed or removed
+        except BaseException:
+            chunks.close(cancel=True)  # nothing may still write into a shard being removed; this error is reported
+            raise
+        chunks.close()  # every chunk is on disk before the shard is renamed; raises a chunk write's error
 
     def _discard(self) -> None:
         chunks = self._chunks
@@ -96,26 +98,41 @@ _MAX_IN_FLIGHT = 16
 
 
 class _ChunkWriter:
-    """Runs chunk writes on one background thread, at most :data:`_MAX_IN_FLIGHT` queued; a write's error is
-    raised by a later :meth:`submit` or by :meth:`close`."""
+    """Runs chunk writes on one background thread, at most :data:`_MAX_IN_FLIGHT` queued. The first write that
+    fails fails the writer: every later :meth:`submit` and :meth:`close` raises its error."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="logitstore-zarr")
         self._in_flight: deque[Future[None]] = deque()
+        self._error: BaseException | None = None
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._raise_failed()
         while len(self._in_flight) >= _MAX_IN_FLIGHT:
-            self._in_flight.popleft().result()
+            self._wait_oldest()
         self._in_flight.append(self._pool.submit(fn, *args))
 
     def close(self, *, cancel: bool = False) -> None:
         """Wait for every write and raise the first error (the writes after it are cancelled); with ``cancel``,
         only for the one running, and raise nothing."""
         try:
-            while self._in_flight and not cancel:
-                self._in_flight.popleft().result()
+            if not cancel:
+                while self._in_flight:
+                    self._wait_oldest()
+                self._raise_failed()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _wait_oldest(self) -> None:
+        try:
+            self._in_flight.popleft().result()
+        except BaseException as exc:
+            self._error = self._error or exc
+            raise self._error from None
+
+    def _raise_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class _ChunkedArray:
@@ -194,7 +211,7 @@ def _array_metadata(dtype: np.dtype, shape: list[int], chunks: list[int]) -> dic
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.write_text(json.dumps(doc, indent=2))
+    path.write_bytes(json.dumps(doc, indent=2).encode())
 
 
 class ZarrShardReader(ShardReader):

@@ -143,6 +143,16 @@ def test_deep_verify_finds_rows_that_are_not_the_seeds_positions(tmp_path, rng) 
         assert verify_dataset(root, deep=False).ok  # checksums alone cannot tell
 
 
+def test_an_audit_writer_takes_nothing_after_its_commit(tmp_path, rng) -> None:
+    (tmp_path / "audit").mkdir()
+    writer = AuditWriter(tmp_path, 0, V)
+    writer.write(0, np.array([1, 3]), torch.log_softmax(teacher_like_logits(rng, 2, V), -1).numpy())
+    assert writer.commit().num_positions == 2
+    for again in (writer.commit, lambda: writer.write(1, np.array([0]), np.zeros((1, V), np.float32))):
+        with pytest.raises(InvalidInputError, match="audit file audit/00000.parquet was already committed"):
+            again()
+
+
 def test_writer_refuses_bad_audit_input(tmp_path, rng) -> None:
     for bad in (-0.1, 1.5, math.nan, True, "0.1"):
         with pytest.raises(InvalidInputError, match=r"audit_fraction must be a number in \[0, 1\]"):

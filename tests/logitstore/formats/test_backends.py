@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logitstore import COMPACT, LOSSLESS, DatasetWriter, Spec, open_dataset
+from logitstore.errors import InvalidInputError
+from logitstore.formats import WRITERS
 from logitstore.formats import base as formats_base
 from tests.conftest import synthetic_record, teacher
 
@@ -186,6 +188,43 @@ def test_a_commit_that_fails_leaves_no_partial_shard_and_no_manifest(tmp_path, m
     with pytest.raises(OSError, match="Input/output error"):
         with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend) as w:
             w.write(synthetic_record(spec, rng, seq_id=0, length=10, vocab_size=100))
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert list((tmp_path / "ds" / "shards").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_writer_whose_commit_failed_takes_nothing_more(tmp_path, monkeypatch, rng, backend: str) -> None:
+    """After a failed commit a retry must not commit what was still pending as if it were the whole shard (the
+    records flushed before the failure went with the temporary shard): the writers refuse, naming the shard."""
+    monkeypatch.setattr(formats_base, "FLUSH_ENTRIES", 40)  # records flushed before the commit
+    failures = iter([OSError(5, "Input/output error")])
+
+    def fail_once(path):  # type: ignore[no-untyped-def]
+        if (error := next(failures, None)) is not None:
+            raise error
+
+    monkeypatch.setattr(formats_base, "fsync_tree", fail_once)
+    spec = Spec(method="topk", k=4)
+    records = [synthetic_record(spec, rng, seq_id=i, length=10, vocab_size=100) for i in range(6)]
+    writer = WRITERS[backend](tmp_path / "s", "shards/s", spec, 100, first_seq=0)
+    for record in records[:5]:
+        writer.write(record)
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.commit()
+    for retry in (lambda: writer.commit(), lambda: writer.write(records[5])):
+        with pytest.raises(InvalidInputError, match="shard shards/s was already committed or aborted"):
+            retry()
+    assert list(tmp_path.iterdir()) == []
+
+    failures = iter([OSError(5, "Input/output error")])
+    with pytest.raises(InvalidInputError, match="failed to commit"):  # the with block's finish refuses too
+        with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend, shard_entries=60) as w:
+            w.write(records[0])
+            with pytest.raises(OSError, match="Input/output error"):
+                w.write(records[1])  # fills the first shard, whose commit fails
+            for retry in (lambda: w.write(records[2]), w.finish):
+                with pytest.raises(InvalidInputError, match=r"shard shards/00000\S* failed to commit \(OSError"):
+                    retry()
     assert not (tmp_path / "ds" / "manifest.json").exists()
     assert list((tmp_path / "ds" / "shards").iterdir()) == []
 

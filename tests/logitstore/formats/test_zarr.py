@@ -117,7 +117,7 @@ def test_a_failed_chunk_write_fails_the_shard_and_leaves_no_shard(tmp_path, monk
     assert not list((tmp_path / "ds").rglob("*.zarr")) and not list((tmp_path / "ds").rglob("*.partial"))
 
 
-def test_a_failed_chunk_write_is_raised_by_a_later_submit_and_queued_writes_are_bounded(monkeypatch) -> None:
+def test_a_failed_chunk_write_is_raised_by_every_later_submit_and_queued_writes_are_bounded(monkeypatch) -> None:
     """The writer does not run a shard's whole encode past a failed write, nor queue without bound."""
     monkeypatch.setattr(zarr_format, "_MAX_IN_FLIGHT", 2)
     writer = zarr_format._ChunkWriter()
@@ -130,8 +130,11 @@ def test_a_failed_chunk_write_is_raised_by_a_later_submit_and_queued_writes_are_
     writer.submit(done.append, 1)
     with pytest.raises(OSError, match="No space left"):
         writer.submit(done.append, 2)
+    for later in (lambda: writer.submit(done.append, 3), writer.close):  # the failure sticks: nothing more is written
+        with pytest.raises(OSError, match="No space left"):
+            later()
     writer.close(cancel=True)  # an abort raises nothing
-    assert 2 not in done
+    assert 2 not in done and 3 not in done
 
 
 def test_a_shard_missing_an_array_document_is_corrupt(tmp_path, rng) -> None:
