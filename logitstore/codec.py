@@ -37,9 +37,10 @@ _Q16_FLOAT32_CODES = 2048
 
 #: Changes whenever the same records could encode to different bytes (2: q16 rounding in float32 for codes up to
 #: 2,048, which settles ~1 in 10^5 values lying within 2**-12 of a step's midpoint the other way; 3: Parquet
-#: shards keep rank-order ids' low byte raw and q16 gaps as nibbles, format_version 2). A precompute job records
-#: it, like the sparsifiers' version, and refuses to resume across it.
-CODEC_VERSION = 3
+#: shards keep rank-order ids' low byte raw and q16 gaps as nibbles, format_version 2; 4: Zarr chunks in 1 MiB
+#: Blosc blocks, q16 gaps bit-shuffled). A precompute job records it, like the sparsifiers' version, and refuses
+#: to resume across it.
+CODEC_VERSION = 4
 
 
 @dataclass

@@ -29,7 +29,7 @@ def _zarr_python_copy(shard: Path, out: Path) -> None:
             shape=array.shape,
             dtype=array.dtype,
             chunks=array.chunks,
-            compressors=[BloscCodec(cname="zstd", clevel=zarr_format.BLOSC_LEVEL, shuffle="shuffle")],
+            compressors=array.compressors,
             fill_value=0,
         )
         copy[...] = array[...]
@@ -61,12 +61,41 @@ def test_shards_are_the_files_zarr_python_writes(tmp_path, monkeypatch, rng, spe
     assert len(list((shard / "ids" / "c").iterdir())) > 2 and (shard / "keys" / "c" / "0" / "0").is_file()
     _zarr_python_copy(shard, tmp_path / "oracle")
     ours, theirs = _files(shard), _files(tmp_path / "oracle")
+    blosc = {n: json.loads(ours[f"{n}/zarr.json"])["codecs"][-1]["configuration"] for n in ("ids", "logprobs")}
+    gaps = spec.entry_order == "rank" and not spec.encoding.lossless  # bit shuffle for q16 gaps only
+    assert (
+        blosc["logprobs"]["shuffle"] == ("bitshuffle" if gaps else "shuffle") and blosc["ids"]["shuffle"] == "shuffle"
+    )
+    assert blosc["ids"]["blocksize"] == 400 * 4  # a whole (tiny) chunk: below BLOSC_BLOCK_BYTES
     assert sorted(ours) == sorted(theirs)
     for name in ours:  # metadata as documents (zarr-python may add keys in later releases), chunks as bytes
         if name.endswith("zarr.json"):
             assert json.loads(ours[name]) == json.loads(theirs[name]), name
         else:
             assert ours[name] == theirs[name], name
+    assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
+
+
+def test_shards_written_with_blosc_own_blocks_and_byte_shuffle_still_read(tmp_path, monkeypatch, rng) -> None:
+    """Shards written before 2026-12-04 declare ``blocksize: 0`` and byte shuffle for every array; the reader
+    takes each array's codec configuration from its ``zarr.json``."""
+    spec = Spec(method="topk", k=16)
+    monkeypatch.setattr(zarr_format, "BLOSC_BLOCK_BYTES", 0)
+    monkeypatch.setattr(zarr_format, "_shuffle", lambda name, spec: "shuffle")
+    records = [synthetic_record(spec, rng, seq_id=i, length=30, vocab_size=5000) for i in range(5)]
+    with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(5000), backend="zarr") as w:
+        for r in records:
+            w.write(r)
+    monkeypatch.undo()
+    ds = open_dataset(tmp_path / "ds", verify=True)
+    logprobs = json.loads((tmp_path / "ds" / ds.manifest.shards[0].path / "logprobs" / "zarr.json").read_text())
+    assert logprobs["codecs"][-1]["configuration"] == {  # q16 gaps: uint16
+        "typesize": 2,
+        "cname": "zstd",
+        "clevel": zarr_format.BLOSC_LEVEL,
+        "shuffle": "shuffle",
+        "blocksize": 0,
+    }
     assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
 
 
@@ -78,7 +107,7 @@ def test_chunks_of_fill_values_are_not_stored_and_big_chunks_are_deterministic(t
     written = []
     for attempt in range(2):
         writer = zarr_format._ChunkWriter()
-        array = zarr_format._ChunkedArray(tmp_path / f"a{attempt}", values[:1], 1 << 20, writer)
+        array = zarr_format._ChunkedArray(tmp_path / f"a{attempt}", values[:1], 1 << 20, "shuffle", writer)
         array.append(values[: 5 << 18])
         array.append(values[5 << 18 :])
         array.finish()
@@ -87,12 +116,13 @@ def test_chunks_of_fill_values_are_not_stored_and_big_chunks_are_deterministic(t
     assert written[0] == written[1] and sorted(written[0]) == ["c/0", "c/2", "zarr.json"]
     back = zarr.open_array(str(tmp_path / "a0"), mode="r")
     assert np.array_equal(back[...], values)
+    blosc = BloscCodec(cname="zstd", clevel=zarr_format.BLOSC_LEVEL, shuffle="shuffle", blocksize=1 << 20)
     oracle = zarr.create_array(
         str(tmp_path / "oracle"),
         shape=values.shape,
         dtype=values.dtype,
         chunks=(1 << 20,),
-        compressors=[BloscCodec(cname="zstd", clevel=zarr_format.BLOSC_LEVEL, shuffle="shuffle")],
+        compressors=[blosc],
         fill_value=0,
     )
     oracle[...] = values
