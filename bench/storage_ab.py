@@ -15,6 +15,13 @@ one CPU, that times what ``bench/storage.py`` times: ``DatasetWriter`` + ``write
 (encode) and ``open_dataset`` + iterating every record (decode), best of ``--repeats`` after one warm-up. It
 reports each tree's median over rounds and the ratio. A figure measured by ``bench/storage.py`` for the baseline
 on another day, times that ratio, estimates what this tree would measure on that day's host.
+
+A dataset of 32,768 tokens is one small shard: its fixed costs (fsyncing a shard's files and directories, the key
+index, the manifest) weigh on it as they never do on a job's 1M-token shards. ``--marginal-tokens N`` also times a
+dataset of N tokens whose first sequences are the small one and reports the marginal rate, the extra tokens over
+the extra time (rows ``... marginal``)::
+
+    .venv/bin/python bench/storage_ab.py --baseline 433bca0 --marginal-tokens 262144
 """
 
 from __future__ import annotations
@@ -54,33 +61,68 @@ def child(tree: str, records_path: str, backends: list[str], repeats: int, workd
     for method, raw in data["records"].items():
         records = [logitstore.Record(**{k: v for k, v in r.items() if k in fields}) for r in raw]
         spec = logitstore.Spec(**data["specs"][method], seed=0, encoding=logitstore.COMPACT)
+        small = data.get("small_sequences")
         for backend in backends:
             path = Path(workdir) / f"{method}-{backend}"
-            enc, dec, enc_cpu = [], [], []
-            for _ in range(repeats + 1):
-                shutil.rmtree(path, ignore_errors=True)
-                t, c = time.perf_counter(), time.process_time()
-                writer = logitstore.DatasetWriter(path, spec=spec, teacher=teacher, backend=backend)
-                for r in records:
-                    writer.write(r)
-                writer.finish()
-                enc.append(time.perf_counter() - t)
-                enc_cpu.append(time.process_time() - c)
-                t = time.perf_counter()
-                ds = logitstore.open_dataset(path)
-                n = sum(len(r) for r in ds)
-                ds.close()
-                dec.append(time.perf_counter() - t)
-            out[f"{method}/{backend}"] = {
-                "tokens": n,
-                "encode_s": min(enc[1:]),
-                "encode_cpu_s": min(enc_cpu[1:]),  # without the commit's fsync waits (the disk's, not the CPU's)
-                "decode_s": min(dec[1:]),
-            }
+            timed = _time_encode_decode(logitstore, records[:small], spec, teacher, backend, path, repeats)
+            out[f"{method}/{backend}"] = timed
+            if small is not None:  # the larger dataset's extra tokens over its extra time: no per-dataset costs
+                big = _time_encode_decode(logitstore, records, spec, teacher, backend, path, repeats)
+                out[f"{method}/{backend} marginal"] = {k: big[k] - timed[k] for k in timed}
     print(json.dumps(out), flush=True)
     # Revisions before the reader opened local shards with pyarrow's own files (2026-12-03) can abort at exit
     # (pyarrow decode threads releasing Python buffers during finalization); the result is out, so skip teardown.
     os._exit(0)
+
+
+def _time_encode_decode(
+    logitstore: Any, records: list[Any], spec: Any, teacher: Any, backend: str, path: Path, repeats: int
+) -> dict[str, float]:
+    """Best of ``repeats`` timed encodes and decodes of ``records`` (after one untimed warm-up)."""
+    enc, dec, enc_cpu = [], [], []
+    for _ in range(repeats + 1):
+        shutil.rmtree(path, ignore_errors=True)
+        t, c = time.perf_counter(), time.process_time()
+        writer = logitstore.DatasetWriter(path, spec=spec, teacher=teacher, backend=backend)
+        for r in records:
+            writer.write(r)
+        writer.finish()
+        enc.append(time.perf_counter() - t)
+        enc_cpu.append(time.process_time() - c)
+        t = time.perf_counter()
+        ds = logitstore.open_dataset(path)
+        n = sum(len(r) for r in ds)
+        ds.close()
+        dec.append(time.perf_counter() - t)
+    return {
+        "tokens": n,
+        "encode_s": min(enc[1:]),
+        "encode_cpu_s": min(enc_cpu[1:]),  # without the commit's fsync waits (the disk's, not the CPU's)
+        "decode_s": min(dec[1:]),
+    }
+
+
+def _marginal_over_baseline(runs: dict[str, list[dict[str, Any]]], whats: dict[str, str]) -> list[dict[str, Any]]:
+    """Print and return this tree's marginal rate over the baseline's rate on the small dataset, paired per round:
+    times a ``bench/storage.py`` figure of the baseline (measured on a small dataset), it estimates this tree's
+    marginal rate on that figure's host."""
+    print("\nthis tree's marginal rate / the baseline's rate on the small dataset (median of the rounds' ratios)")
+    print("| configuration | " + " | ".join(whats.values()) + " |")
+    print("|---|" + "---:|" * len(whats))
+    rows = []
+    for config in (c for c in runs["this tree"][0] if c.endswith(" marginal")):
+        small = config.removesuffix(" marginal")
+        ratio = {
+            what: statistics.median(
+                (this[config]["tokens"] / this[config][f"{what}_s"])
+                / (base[small]["tokens"] / base[small][f"{what}_s"])
+                for base, this in zip(runs["baseline"], runs["this tree"], strict=True)
+            )
+            for what in whats
+        }
+        rows.append({"configuration": f"{config} / baseline {small}", **{f"{w} ratio": v for w, v in ratio.items()}})
+        print(f"| {config} | " + " | ".join(f"{ratio[what]:.2f}x" for what in whats) + " |")
+    return rows
 
 
 def make_records(vocab: int, tokens: int, seq_len: int, seed: int) -> dict[str, Any]:
@@ -111,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", required=False, help="git revision to compare with (e.g. 433bca0, HEAD~1)")
     ap.add_argument("--vocab", type=int, default=32_000)
     ap.add_argument("--tokens", type=int, default=32_768, help="tokens per configuration (default 32768)")
+    ap.add_argument(
+        "--marginal-tokens",
+        type=int,
+        help="also time a dataset of this many tokens (whose first --tokens are the smaller one) and report the "
+        "marginal rate, (extra tokens) / (extra time): what a long job sees, without the per-dataset costs",
+    )
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3, help="child runs per tree, interleaved (default 3)")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per child and configuration (default 5)")
@@ -126,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--baseline REV is required: the git revision to measure this tree against")
     if args.rounds < 1 or args.repeats < 1:
         ap.error(f"--rounds and --repeats must be >= 1, got {args.rounds} and {args.repeats}")
+    if args.marginal_tokens is not None and args.marginal_tokens // args.seq_len <= max(1, args.tokens // args.seq_len):
+        ap.error(
+            f"--marginal-tokens {args.marginal_tokens} must hold more sequences of --seq-len {args.seq_len} than "
+            f"--tokens {args.tokens}; e.g. --marginal-tokens {8 * args.tokens}"
+        )
     rev = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--verify", f"{args.baseline}^{{commit}}"], capture_output=True, text=True
     )
@@ -138,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records_path = tmp / "records.pkl"
         with open(records_path, "wb") as f:
-            pickle.dump(make_records(args.vocab, args.tokens, args.seq_len, args.seed), f)
+            data = make_records(args.vocab, args.marginal_tokens or args.tokens, args.seq_len, args.seed)
+            if args.marginal_tokens:
+                data["small_sequences"] = max(1, args.tokens // args.seq_len)
+            pickle.dump(data, f)
         subprocess.run(
             ["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(worktree), baseline_commit], check=True
         )
@@ -164,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], capture_output=True)  # if remove failed
 
     rows = []
-    print(f"baseline {args.baseline} ({baseline_commit[:10]}) vs this tree; V={args.vocab}, {args.tokens} tokens")
+    sizes = f"{args.tokens} tokens" + (
+        f" (marginal: {args.tokens} -> {args.marginal_tokens})" if args.marginal_tokens else ""
+    )
+    print(f"baseline {args.baseline} ({baseline_commit[:10]}) vs this tree; V={args.vocab}, {sizes}")
     whats = {"encode": "encode (wall)", "encode_cpu": "encode (CPU time)", "decode": "decode (wall)"}
     print("tokens/s, median over rounds of each child's best run: baseline / this tree (median of the rounds' ratios)")
     print("| configuration | " + " | ".join(whats.values()) + " |")
@@ -195,9 +254,18 @@ def main(argv: list[str] | None = None) -> int:
             a, b = rate[("baseline", what)], rate[("this tree", what)]
             cells.append(f"{a / 1e3:.0f}K / {b / 1e3:.0f}K ({ratio[what]:.2f}x)")
         print(f"| {config} | " + " | ".join(cells) + " |")
+    if args.marginal_tokens:
+        rows += _marginal_over_baseline(runs, whats)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"baseline": args.baseline, "baseline_commit": baseline_commit, "date": time.strftime("%Y-%m-%d %H:%M")}
-    meta.update(vocab=args.vocab, tokens=args.tokens, rounds=args.rounds, repeats=args.repeats, loadavg=os.getloadavg())
+    meta.update(
+        vocab=args.vocab,
+        tokens=args.tokens,
+        marginal_tokens=args.marginal_tokens,
+        rounds=args.rounds,
+        repeats=args.repeats,
+        loadavg=os.getloadavg(),
+    )
     (args.out / "storage_ab.json").write_text(json.dumps({**meta, "rows": rows, "runs": runs}, indent=1))
     return 0
 

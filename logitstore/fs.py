@@ -87,6 +87,7 @@ def fsync_tree(path: str | os.PathLike[str]) -> None:
     root = os.fspath(path)
     paths = [root]
     if os.path.isdir(root):
+        paths = []  # os.walk yields the root itself first
         for dirpath, _, files in os.walk(root):
             paths.append(dirpath)
             paths.extend(os.path.join(dirpath, f) for f in files)
