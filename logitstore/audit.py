@@ -20,7 +20,6 @@ import math
 import os
 import secrets
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from typing_extensions import Self
 
+from logitstore.closeable import aborting
 from logitstore.errors import ChecksumMismatchError, CorruptShardError, InvalidInputError
 from logitstore.fs import digest, fsync_dir, fsync_tree, open_input
 from logitstore.manifest import AuditFileInfo, audit_relpath
@@ -116,8 +116,9 @@ class AuditWriter:
         self._pos.append(positions.astype(np.int32))
         self._rows.append(np.asarray(logprobs).astype(np.float16))
         self._buffered += n
-        while self._buffered >= self.rows_per_group:
-            self._flush(self.rows_per_group)
+        with aborting(self):  # a row group that failed half way leaves a file a commit would append to again
+            while self._buffered >= self.rows_per_group:
+                self._flush(self.rows_per_group)
 
     def _flush(self, n: int) -> None:
         seq, pos, rows = (np.concatenate(x) for x in (self._seq, self._pos, self._rows))
@@ -159,17 +160,13 @@ class AuditWriter:
         """Flush, close, rename to the final name and describe the file (an empty file when nothing was audited).
         A commit that fails removes the temporary file and closes the writer."""
         self._check_open()
-        try:
+        with aborting(self):
             if self._buffered:
                 self._flush(self._buffered)
             self._open().close()
             self._writer = None
             fsync_tree(self.tmp_path)
             os.replace(self.tmp_path, self.path)
-        except BaseException:
-            with suppress(Exception):  # the commit's own error is the one to report
-                self.abort()
-            raise
         fsync_dir(self.path.parent)
         self._done = True
         nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))

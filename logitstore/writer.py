@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +19,7 @@ from typing_extensions import Self
 
 from logitstore import keyindex
 from logitstore.audit import AuditWriter, audit_positions, parse_audit_fraction
+from logitstore.closeable import aborting
 from logitstore.errors import DatasetExistsError, InvalidInputError
 from logitstore.formats import READERS, WRITERS, ShardWriter
 from logitstore.fs import digest, is_local, resolve
@@ -195,7 +196,7 @@ class DatasetWriter:
         self._audit: AuditWriter | None = None
         self._entries_in_shard = 0
         self._next_seq = 0
-        self._failed: str | None = None  # why a shard failed to commit: this writer takes nothing more
+        self._failed: str | None = None  # why a shard failed to write or commit: this writer takes nothing more
 
     def audit_positions(self, record: Record) -> np.ndarray:
         """``[n] int64`` positions of ``record`` whose full distribution the audit keeps (empty without an audit)."""
@@ -234,12 +235,13 @@ class DatasetWriter:
                 vocab_size=self.teacher.vocab_size,
                 first_seq=self._next_seq,
             )
-        self._writer.write(record)
-        if self.audit_fraction > 0:
-            if self._audit is None:
-                self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)
-            rows = np.zeros((0, self.teacher.vocab_size), np.float32) if audit_logprobs is None else audit_logprobs
-            self._audit.write(record.seq_id, audited, rows)
+        with self._failing(f"shard {self._writer.relpath} failed to write seq_id {record.seq_id}"):
+            self._writer.write(record)
+            if self.audit_fraction > 0:
+                if self._audit is None:
+                    self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)
+                rows = np.zeros((0, self.teacher.vocab_size), np.float32) if audit_logprobs is None else audit_logprobs
+                self._audit.write(record.seq_id, audited, rows)
         self._next_seq += 1
         self._entries_in_shard += record.num_entries
         if self._entries_in_shard >= self.shard_entries:
@@ -247,18 +249,25 @@ class DatasetWriter:
 
     def _commit_shard(self) -> None:
         if self._writer is not None:
-            try:
-                if self._audit is not None:
+            if self._audit is not None:
+                with self._failing(f"audit file {self._audit.relpath} failed to commit"):
                     self.audit_files.append(self._audit.commit())
-                    self._audit = None
+                self._audit = None
+            with self._failing(f"shard {self._writer.relpath} failed to commit"):
                 self.shards.append(self._writer.commit())
-            except BaseException as exc:
-                self._failed = f"shard {self._writer.relpath} failed to commit ({type(exc).__name__}: {exc})"
-                with suppress(Exception):  # the commit's own error is the one to report
-                    self.abort()
-                raise
             self._writer = None
             self._entries_in_shard = 0
+
+    @contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """When the block raises, remember that ``what`` failed (this writer then takes no more records and writes
+        no manifest), abort the open shard and audit file, and re-raise."""
+        try:
+            with aborting(self):
+                yield
+        except BaseException as exc:
+            self._failed = f"{what} ({type(exc).__name__}: {exc})"
+            raise
 
     def _check_not_failed(self) -> None:
         if self._failed is not None:
@@ -304,11 +313,7 @@ class DatasetWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is None:
-            try:
+            with aborting(self):
                 self.finish()
-            except BaseException:
-                with suppress(Exception):  # finish's own error is the one to report
-                    self.abort()
-                raise
         else:
             self.abort()

@@ -7,7 +7,7 @@ import secrets
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +17,7 @@ import numpy as np
 from typing_extensions import Self
 
 from logitstore import codec
+from logitstore.closeable import aborting
 from logitstore.codec import Columns
 from logitstore.errors import CorruptShardError, InvalidInputError
 from logitstore.fs import digest, fsync_dir, fsync_tree
@@ -67,7 +68,8 @@ class ShardWriter(ABC):
         self._pending.append(record)
         self._pending_entries += record.num_entries
         if self._pending_entries >= FLUSH_ENTRIES:
-            self._flush()
+            with aborting(self):  # a flush that failed half way leaves columns a commit would append to again
+                self._flush()
 
     def _flush(self) -> None:
         if not self._pending:
@@ -85,7 +87,7 @@ class ShardWriter(ABC):
         """Flush, close, rename to the final name, and describe the committed shard. A commit that fails removes
         the temporary shard; the writer is then closed (a retry would commit only what was still pending)."""
         self._check_open()
-        try:
+        with aborting(self):  # a shard that failed to commit leaves no temporary behind
             self._flush()
             if self._num_sequences == 0:
                 raise InvalidInputError(f"shard {self.relpath} has no records; a shard holds at least one sequence")
@@ -93,10 +95,6 @@ class ShardWriter(ABC):
             fsync_tree(self.tmp_path)  # the manifest may name this shard after a power loss: its bytes must be on disk
             _remove(self.path)
             os.replace(self.tmp_path, self.path)
-        except BaseException:
-            with suppress(Exception):  # the commit's own error is the one to report
-                self.abort()  # a shard that failed to commit leaves no temporary behind
-            raise
         fsync_dir(self.path.parent)
         self._done = True
         nbytes, sha = digest(fsspec.filesystem("file"), str(self.path))

@@ -37,7 +37,7 @@ _CHUNKS = {"seq": 1 << 12, "input": 1 << 16, "token": 1 << 16, "label": 1 << 16,
 BLOSC_LEVEL = 1
 #: Blosc compresses in blocks of this many bytes (at most a chunk): ~1 MiB blocks compress an entry chunk ~30%
 #: faster than Blosc's own choice for zstd level 1 (tens of KiB, each block a zstd frame), ~6% smaller, and
-#: decompress 2x faster (bench/RESULTS.md, 2026-12-03). Shards written before used 0 (Blosc's choice).
+#: decompress 2x faster (docs/NOTES.md, "Storage"). Shards written before used 0 (Blosc's choice).
 BLOSC_BLOCK_BYTES = 1 << 20
 
 
@@ -139,11 +139,13 @@ class _ChunkWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _wait_oldest(self) -> None:
+        future = self._in_flight.popleft()
+        self._raise_failed()  # an earlier write failed: its error is the one to report
         try:
-            self._in_flight.popleft().result()
+            future.result()
         except BaseException as exc:
-            self._error = self._error or exc
-            raise self._error from None
+            self._error = exc
+            raise
 
     def _raise_failed(self) -> None:
         if self._error is not None:

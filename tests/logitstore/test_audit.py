@@ -153,6 +153,28 @@ def test_an_audit_writer_takes_nothing_after_its_commit(tmp_path, rng) -> None:
             again()
 
 
+def test_an_audit_writer_whose_row_group_failed_takes_nothing_more(tmp_path, rng, monkeypatch) -> None:
+    """A row group written and then failed must not stay buffered for a commit to write again."""
+    (tmp_path / "audit").mkdir()
+    write_group, failures = AuditWriter._write_group, iter([OSError(28, "No space left on device")])
+
+    def write_then_fail(self, *args):  # type: ignore[no-untyped-def]
+        write_group(self, *args)
+        if (error := next(failures, None)) is not None:
+            raise error
+
+    monkeypatch.setattr(AuditWriter, "_write_group", write_then_fail)
+    writer = AuditWriter(tmp_path, 0, V)
+    writer.rows_per_group = 2
+    rows = torch.log_softmax(teacher_like_logits(rng, 2, V), -1).numpy()
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(0, np.array([1, 3]), rows)
+    for again in (writer.commit, lambda: writer.write(1, np.array([0, 1]), rows)):
+        with pytest.raises(InvalidInputError, match="audit file audit/00000.parquet was already committed or aborted"):
+            again()
+    assert list((tmp_path / "audit").iterdir()) == []
+
+
 def test_writer_refuses_bad_audit_input(tmp_path, rng) -> None:
     for bad in (-0.1, 1.5, math.nan, True, "0.1"):
         with pytest.raises(InvalidInputError, match=r"audit_fraction must be a number in \[0, 1\]"):

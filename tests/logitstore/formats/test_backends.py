@@ -230,6 +230,42 @@ def test_a_writer_whose_commit_failed_takes_nothing_more(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_writer_whose_flush_failed_half_way_takes_nothing_more(tmp_path, monkeypatch, rng, backend: str) -> None:
+    """A flush inside write() that appended its columns and then failed must not leave those records pending: a
+    later commit would append them again and commit a shard holding them twice under a valid checksum."""
+    monkeypatch.setattr(formats_base, "FLUSH_ENTRIES", 40)  # each 10-token top-4 record flushes
+    cls = WRITERS[backend]
+    append, failures = cls._write_columns, iter([OSError(28, "No space left on device")])
+
+    def append_then_fail(self, cols):  # type: ignore[no-untyped-def]
+        append(self, cols)
+        if (error := next(failures, None)) is not None:
+            raise error
+
+    monkeypatch.setattr(cls, "_write_columns", append_then_fail)
+    spec = Spec(method="topk", k=4)
+    records = [synthetic_record(spec, rng, seq_id=i, length=10, vocab_size=100) for i in range(3)]
+    writer = cls(tmp_path / "s", "shards/s", spec, 100, first_seq=0)
+    with pytest.raises(OSError, match="No space left"):
+        writer.write(records[0])
+    for retry in (lambda: writer.write(records[1]), writer.commit):
+        with pytest.raises(InvalidInputError, match="shard shards/s was already committed or aborted"):
+            retry()
+    assert list(tmp_path.iterdir()) == []
+
+    failures = iter([None, OSError(28, "No space left on device")])  # the second record's flush fails
+    w = DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend)
+    w.write(records[0])
+    with pytest.raises(OSError, match="No space left"):
+        w.write(records[1])
+    for retry in (lambda: w.write(records[2]), w.finish):
+        with pytest.raises(InvalidInputError, match=r"shard shards/00000\S* failed to write seq_id 1 \(OSError"):
+            retry()
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    assert list((tmp_path / "ds" / "shards").iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_classifier_records_round_trip(tmp_path, rng, backend: str) -> None:
     """A sequence classifier stores one position (the class distribution) for a whole input sequence."""
     spec = Spec(method="dense", encoding=LOSSLESS)
