@@ -18,19 +18,24 @@ from logitstore.formats import zarr as zarr_format
 from tests.conftest import synthetic_record, teacher
 
 
-def _zarr_python_copy(shard: Path, out: Path) -> None:
-    """The store zarr-python writes for ``shard``'s arrays, chunking and attributes."""
+def _zarr_python_copy(shard: Path, out: Path, spec: Spec) -> None:
+    """The store zarr-python writes for ``shard``'s arrays, chunking and attributes, with the Blosc configuration
+    the format documents (docs/FORMAT.md), built here rather than read from the shard."""
     source = zarr.open_group(str(shard), mode="r", zarr_format=3)
     group = zarr.open_group(str(out), mode="w", zarr_format=3)
     group.attrs.update(dict(source.attrs))
+    gaps = spec.entry_order == "rank" and not spec.encoding.lossless
     for name, array in source.arrays():
+        chunk_bytes = array.chunks[0] * array.dtype.itemsize * int(np.prod(array.shape[1:]))
+        blosc = BloscCodec(
+            typesize=array.dtype.itemsize,
+            cname="zstd",
+            clevel=1,
+            shuffle="bitshuffle" if gaps and name == "logprobs" else "shuffle",
+            blocksize=min(1 << 20, chunk_bytes),
+        )
         copy = group.create_array(
-            name,
-            shape=array.shape,
-            dtype=array.dtype,
-            chunks=array.chunks,
-            compressors=array.compressors,
-            fill_value=0,
+            name, shape=array.shape, dtype=array.dtype, chunks=array.chunks, compressors=[blosc], fill_value=0
         )
         copy[...] = array[...]
 
@@ -59,7 +64,7 @@ def test_shards_are_the_files_zarr_python_writes(tmp_path, monkeypatch, rng, spe
     ds = open_dataset(tmp_path / "ds", verify=True)
     shard = tmp_path / "ds" / ds.manifest.shards[0].path
     assert len(list((shard / "ids" / "c").iterdir())) > 2 and (shard / "keys" / "c" / "0" / "0").is_file()
-    _zarr_python_copy(shard, tmp_path / "oracle")
+    _zarr_python_copy(shard, tmp_path / "oracle", spec)
     ours, theirs = _files(shard), _files(tmp_path / "oracle")
     blosc = {n: json.loads(ours[f"{n}/zarr.json"])["codecs"][-1]["configuration"] for n in ("ids", "logprobs")}
     gaps = spec.entry_order == "rank" and not spec.encoding.lossless  # bit shuffle for q16 gaps only
