@@ -17,6 +17,7 @@ Everything but q16 logprobs round-trips exactly; q16 logprobs are within the spe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -151,36 +152,56 @@ def _check_label_agrees(r: Record, spec: Spec) -> None:
 def _name_the_record(records: Sequence[Record], spec: Spec, vocab_size: int, *, decoded: bool) -> None:
     """The batch check failed: re-check record by record so the error names the seq_id and its own position."""
     for r in records:
-        try:
-            _check_entries(
-                np.asarray(r.ids, dtype=np.int32),
-                np.asarray(r.logprobs, dtype=np.float32),
-                Segments(np.asarray(r.nnz, dtype=np.uint32)),
-                spec,
-                vocab_size,
-                decoded=decoded,
-            )
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"record seq_id={r.seq_id}: {exc}") from None
+        _record_mass(r, spec, vocab_size, decoded=decoded)
 
 
-def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
-    """Validate ``records`` against ``spec`` and turn them into physical :class:`Columns`."""
+def _record_mass(r: Record, spec: Spec, vocab_size: int, *, decoded: bool) -> np.ndarray:
+    """:func:`_check_entries` of one record, its error naming the record; returns ``[T] float64`` stored mass."""
+    try:
+        return _check_entries(
+            np.asarray(r.ids, dtype=np.int32),
+            np.asarray(r.logprobs, dtype=np.float32),
+            Segments(np.asarray(r.nnz, dtype=np.uint32)),
+            spec,
+            vocab_size,
+            decoded=decoded,
+        )
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"record seq_id={r.seq_id}: {exc}") from None
+
+
+def check(record: Record, spec: Spec, vocab_size: int) -> float:
+    """Validate one record to be encoded under ``spec``, raising :class:`InvalidInputError` naming its seq_id and
+    the problem; returns the teacher mass it stores, summed over its positions (what :func:`encode` adds to
+    ``kept_mass_sum``). A writer checks each record as it arrives, so a bad one is refused before it is taken."""
+    _check_record(record, spec, vocab_size)
+    return float(_record_mass(record, spec, vocab_size, decoded=False).sum())
+
+
+def encode(records: Sequence[Record], spec: Spec, vocab_size: int, *, masses: Sequence[float] | None = None) -> Columns:
+    """Validate ``records`` against ``spec`` and turn them into physical :class:`Columns`. ``masses``: what
+    :func:`check` returned for each record, which is then not validated again."""
     if not records:
         raise InvalidInputError("cannot encode an empty list of records")
-    for r in records:
-        _check_record(r, spec, vocab_size)
+    if masses is not None and len(masses) != len(records):
+        raise ValueError(f"{len(masses)} masses for {len(records)} records")
+    if masses is None:
+        for r in records:
+            _check_record(r, spec, vocab_size)
     lengths = np.array([len(r) for r in records], dtype=np.int64)
     num_entries = np.array([r.num_entries for r in records], dtype=np.int64)
     nnz = _cat([r.nnz for r in records], np.uint32)
     ids = _cat([r.ids for r in records], np.int32)
     logprobs = _cat([r.logprobs for r in records], np.float32)
     seg = Segments(nnz)
-    try:
-        mass = _check_entries(ids, logprobs, seg, spec, vocab_size)
-    except InvalidInputError:
-        _name_the_record(records, spec, vocab_size, decoded=False)
-        raise
+    if masses is None:
+        try:
+            kept_mass_sum = float(_check_entries(ids, logprobs, seg, spec, vocab_size).sum())
+        except InvalidInputError:
+            _name_the_record(records, spec, vocab_size, decoded=False)
+            raise
+    else:
+        kept_mass_sum = math.fsum(masses)
     cols = Columns(
         seq_ids=np.array([r.seq_id for r in records], dtype=np.int64),
         keys=np.frombuffer(b"".join(r.key for r in records), dtype=np.uint8).reshape(-1, KEY_BYTES),
@@ -206,7 +227,7 @@ def encode(records: Sequence[Record], spec: Spec, vocab_size: int) -> Columns:
         logit_mean=_cat([r.logit_mean for r in records], np.float32) if spec.logit_stats else None,  # type: ignore[misc]
         logit_std=_cat([r.logit_std for r in records], np.float32) if spec.logit_stats else None,  # type: ignore[misc]
     )
-    cols.kept_mass_sum = float(mass.sum())
+    cols.kept_mass_sum = kept_mass_sum
     return cols
 
 

@@ -235,8 +235,9 @@ class DatasetWriter:
                 vocab_size=self.teacher.vocab_size,
                 first_seq=self._next_seq,
             )
+        mass = self._writer.check(record)  # a refused record changes nothing
         with self._failing(f"shard {self._writer.relpath} failed to write seq_id {record.seq_id}"):
-            self._writer.write(record)
+            self._writer.append(record, mass)
             if self.audit_fraction > 0:
                 if self._audit is None:
                     self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -51,21 +52,35 @@ class ShardWriter(ABC):
         self.vocab_size = vocab_size
         self.first_seq = first_seq
         self._pending: list[Record] = []
+        self._pending_masses: list[float] = []  # codec.check of each pending record
         self._pending_entries = 0
         self._num_sequences = 0
         self._num_tokens = 0
         self._num_entries = 0
-        self._kept_mass = 0.0
+        self._masses: list[float] = []  # stored teacher mass of each written record
         self._row_groups: list[int] = []
         self._done = False
         _remove(self.tmp_path)
 
     def write(self, record: Record) -> None:
+        """Validate ``record`` and append it (:meth:`check`, then :meth:`append`)."""
+        self.append(record, self.check(record))
+
+    def check(self, record: Record) -> float:
+        """Validate ``record`` as the next one of this shard, changing nothing: a refused record leaves the writer
+        as it was. Returns the teacher mass the record stores (for :meth:`append`)."""
         self._check_open()
         expected = self.first_seq + self._num_sequences + len(self._pending)
         if record.seq_id != expected:
             raise InvalidInputError(f"shard {self.relpath} expected seq_id {expected} next, got {record.seq_id}")
+        return codec.check(record, self.spec, self.vocab_size)
+
+    def append(self, record: Record, mass: float) -> None:
+        """Append ``record``, which :meth:`check` accepted and valued at ``mass``; encode and write the pending
+        records once they hold :data:`FLUSH_ENTRIES` entries."""
+        self._check_open()
         self._pending.append(record)
+        self._pending_masses.append(mass)
         self._pending_entries += record.num_entries
         if self._pending_entries >= FLUSH_ENTRIES:
             with aborting(self):  # a flush that failed half way leaves columns a commit would append to again
@@ -74,14 +89,14 @@ class ShardWriter(ABC):
     def _flush(self) -> None:
         if not self._pending:
             return
-        cols = codec.encode(self._pending, self.spec, self.vocab_size)
+        cols = codec.encode(self._pending, self.spec, self.vocab_size, masses=self._pending_masses)
         self._write_columns(cols)
         self._num_sequences += len(cols)
         self._row_groups.append(len(cols))
         self._num_tokens += int(cols.lengths.sum())
         self._num_entries += int(cols.num_entries.sum())
-        self._kept_mass += cols.kept_mass_sum
-        self._pending, self._pending_entries = [], 0
+        self._masses += self._pending_masses
+        self._pending, self._pending_masses, self._pending_entries = [], [], 0
 
     def commit(self) -> ShardInfo:
         """Flush, close, rename to the final name, and describe the committed shard. A commit that fails removes
@@ -104,7 +119,7 @@ class ShardWriter(ABC):
             num_sequences=self._num_sequences,
             num_tokens=self._num_tokens,
             num_entries=self._num_entries,
-            kept_mass_sum=self._kept_mass,
+            kept_mass_sum=math.fsum(self._masses),  # whatever the flushes' grouping
             nbytes=nbytes,
             sha256=sha,
             row_groups=tuple(self._row_groups),

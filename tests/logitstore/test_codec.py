@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from logitstore import Encoding, Spec, content_key
-from logitstore.codec import Segments, _q16_decode, _q16_encode, decode, encode, quant_step, validate
+from logitstore.codec import Segments, _q16_decode, _q16_encode, check, decode, encode, quant_step, validate
 from logitstore.errors import InvalidInputError
 from logitstore.spec import Q16_MAX_CODE, Q16_NEG_INF
 from tests.conftest import synthetic_record
@@ -45,8 +45,22 @@ def test_the_last_label_is_stored_nowhere_and_decodes_to_nan() -> None:
     ],
 )
 def test_bad_optional_fields_are_named(changes: dict, match: str) -> None:
-    with pytest.raises(InvalidInputError, match=match):
-        encode([_record(**changes)], SPEC, 40)
+    for entry_point in (lambda r: encode([r], SPEC, 40), lambda r: check(r, SPEC, 40)):
+        with pytest.raises(InvalidInputError, match=match):
+            entry_point(_record(**changes))
+
+
+def test_check_values_the_kept_mass_as_encode_does_and_names_a_bad_record() -> None:
+    """A writer checks each record as it arrives and encodes the pending ones unchecked: the kept mass must not
+    depend on which path computed it, and the refusal names the record."""
+    records = [synthetic_record(SPEC, np.random.default_rng(i), seq_id=i, length=9, vocab_size=40) for i in range(4)]
+    masses = [check(r, SPEC, 40) for r in records]
+    assert sum(masses) == pytest.approx(encode(records, SPEC, 40).kept_mass_sum, rel=1e-12)
+    assert encode(records, SPEC, 40, masses=masses).kept_mass_sum == pytest.approx(sum(masses), rel=1e-15)
+    assert all(0 < m <= 9 * (1 + 1e-3) for m in masses)
+    bad = dataclasses.replace(records[2], logprobs=-records[2].logprobs)  # raw logits, positive
+    with pytest.raises(InvalidInputError, match="record seq_id=2: logprobs must be <= 0"):
+        check(bad, SPEC, 40)
 
 
 def test_a_field_the_spec_does_not_store_is_refused() -> None:

@@ -230,6 +230,27 @@ def test_a_writer_whose_commit_failed_takes_nothing_more(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bad_record_is_refused_when_written_and_loses_nothing(tmp_path, monkeypatch, rng, backend: str) -> None:
+    """Records are validated as they arrive, not when a flush encodes them: a bad one is refused by its own write,
+    naming it, and the writer takes the corrected record and finishes with everything written before."""
+    monkeypatch.setattr(formats_base, "FLUSH_ENTRIES", 100)  # records pending across writes
+    spec = Spec(method="topk", k=4)
+    records = [synthetic_record(spec, rng, seq_id=i, length=10, vocab_size=100) for i in range(4)]
+    with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend) as w:
+        w.write(records[0])
+        for bad, match in [
+            (dataclasses.replace(records[1], ids=records[1].ids + 100), r"seq_id=1: token ids must be in \[0, 100\)"),
+            (dataclasses.replace(records[1], nnz=records[1].nnz[:-1]), r"seq_id=1: nnz has shape \(9,\)"),
+        ]:
+            with pytest.raises(InvalidInputError, match=match):
+                w.write(bad)
+        for record in records[1:]:
+            w.write(record)
+    ds = open_dataset(tmp_path / "ds", verify=True)
+    assert len(ds) == 4 and all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_writer_whose_flush_failed_half_way_takes_nothing_more(tmp_path, monkeypatch, rng, backend: str) -> None:
     """A flush inside write() that appended its columns and then failed must not leave those records pending: a
     later commit would append them again and commit a shard holding them twice under a valid checksum."""
