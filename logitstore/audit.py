@@ -76,6 +76,23 @@ def estimated_bytes(fraction: float, tokens: int, vocab_size: int) -> float:
     return fraction * tokens * vocab_size * 2.0
 
 
+def audit_rows(logprobs: Any, seq_id: int) -> np.ndarray:
+    """``logprobs [n, V]`` (a numpy array of floats) as the float16 rows an audit file stores; anything else is
+    refused naming ``seq_id``."""
+    try:
+        rows = np.asarray(logprobs)
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a bfloat16 or requires-grad torch tensor
+        raise InvalidInputError(
+            f"audit rows of seq_id {seq_id} must be a numpy array of floats, got {type(logprobs).__name__} ({exc}); "
+            "convert a torch tensor with .detach().float().cpu().numpy()"
+        ) from None
+    if rows.dtype.kind != "f":
+        raise InvalidInputError(
+            f"audit rows of seq_id {seq_id} must be floating-point log-softmax values, got dtype {rows.dtype}"
+        )
+    return rows.astype(np.float16, copy=False)
+
+
 class AuditWriter:
     """Writes one shard's sidecar to a unique ``.partial`` name and renames it to ``audit/NNNNN.parquet`` on
     :meth:`commit`. Rows must arrive in (seq_id, position) order; row groups are cut every ``rows_per_group``
@@ -111,10 +128,11 @@ class AuditWriter:
             return
         if (seq_id, int(positions[0])) <= self._last or (n > 1 and not np.all(np.diff(positions) > 0)):
             raise InvalidInputError(f"audit rows must arrive in (seq_id, position) order; seq_id {seq_id} did not")
+        rows = audit_rows(logprobs, seq_id)  # before any state changes: a refused call changes nothing
         self._last = (seq_id, int(positions[-1]))
         self._seq.append(np.full(n, seq_id, dtype=np.int64))
         self._pos.append(positions.astype(np.int32))
-        self._rows.append(np.asarray(logprobs).astype(np.float16))
+        self._rows.append(rows)
         self._buffered += n
         with aborting(self):  # a row group that failed half way leaves a file a commit would append to again
             while self._buffered >= self.rows_per_group:

@@ -17,8 +17,8 @@ import fsspec
 import numpy as np
 from typing_extensions import Self
 
-from logitstore import keyindex
-from logitstore.audit import AuditWriter, audit_positions, parse_audit_fraction
+from logitstore import codec, keyindex
+from logitstore.audit import AuditWriter, audit_positions, audit_rows, parse_audit_fraction
 from logitstore.closeable import aborting
 from logitstore.errors import DatasetExistsError, InvalidInputError
 from logitstore.formats import READERS, WRITERS, ShardWriter
@@ -213,19 +213,25 @@ class DatasetWriter:
                 f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}"
             )
         audited = self.audit_positions(record)
-        if audit_logprobs is None and len(audited):
+        given = None if audit_logprobs is None else audit_rows(audit_logprobs, record.seq_id)
+        if given is None and len(audited):
             raise InvalidInputError(
                 f"record seq_id={record.seq_id} has {len(audited)} audited position(s) {audited[:8].tolist()}; pass "
                 f"audit_logprobs=[{len(audited)}, {self.teacher.vocab_size}] log-softmax rows of those positions "
                 "(DatasetWriter.audit_positions(record) names them)"
             )
-        if audit_logprobs is not None and len(audit_logprobs) and self.audit_fraction == 0:
+        if given is not None and given.size and self.audit_fraction == 0:
             raise InvalidInputError("audit_logprobs were given, but this writer has audit_fraction=0")
-        if audit_logprobs is not None and audit_logprobs.shape != (len(audited), self.teacher.vocab_size):
+        if given is not None and given.shape != (len(audited), self.teacher.vocab_size):
             raise InvalidInputError(
                 f"audit_logprobs of seq_id={record.seq_id} must be [{len(audited)}, {self.teacher.vocab_size}] (one "
-                f"log-softmax row per audited position), got {tuple(audit_logprobs.shape)}"
+                f"log-softmax row per audited position), got {tuple(given.shape)}"
             )
+        mass = codec.check(record, self.spec, self.teacher.vocab_size)
+        rows = None
+        if self.audit_fraction > 0:
+            rows = np.zeros((0, self.teacher.vocab_size), np.float16) if given is None else given
+        # Refused input has changed nothing above; from here on a failure loses the shard being written.
         if self._writer is None:
             self._writer = open_shard_writer(
                 self.root,
@@ -235,13 +241,11 @@ class DatasetWriter:
                 vocab_size=self.teacher.vocab_size,
                 first_seq=self._next_seq,
             )
-        mass = self._writer.check(record)  # a refused record changes nothing
         with self._failing(f"shard {self._writer.relpath} failed to write seq_id {record.seq_id}"):
             self._writer.append(record, mass)
-            if self.audit_fraction > 0:
+            if rows is not None:
                 if self._audit is None:
                     self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)
-                rows = np.zeros((0, self.teacher.vocab_size), np.float32) if audit_logprobs is None else audit_logprobs
                 self._audit.write(record.seq_id, audited, rows)
         self._next_seq += 1
         self._entries_in_shard += record.num_entries

@@ -63,22 +63,17 @@ class ShardWriter(ABC):
         _remove(self.tmp_path)
 
     def write(self, record: Record) -> None:
-        """Validate ``record`` and append it (:meth:`check`, then :meth:`append`)."""
-        self.append(record, self.check(record))
+        """Validate ``record`` (:func:`codec.check`: a refused record changes nothing) and :meth:`append` it."""
+        self.append(record, codec.check(record, self.spec, self.vocab_size))
 
-    def check(self, record: Record) -> float:
-        """Validate ``record`` as the next one of this shard, changing nothing: a refused record leaves the writer
-        as it was. Returns the teacher mass the record stores (for :meth:`append`)."""
+    def append(self, record: Record, mass: float) -> None:
+        """Append ``record``, which :func:`codec.check` accepted and valued at ``mass`` (it is not validated again,
+        so it must not change until its flush); encode and write the pending records once they hold
+        :data:`FLUSH_ENTRIES` entries."""
         self._check_open()
         expected = self.first_seq + self._num_sequences + len(self._pending)
         if record.seq_id != expected:
             raise InvalidInputError(f"shard {self.relpath} expected seq_id {expected} next, got {record.seq_id}")
-        return codec.check(record, self.spec, self.vocab_size)
-
-    def append(self, record: Record, mass: float) -> None:
-        """Append ``record``, which :meth:`check` accepted and valued at ``mass``; encode and write the pending
-        records once they hold :data:`FLUSH_ENTRIES` entries."""
-        self._check_open()
         self._pending.append(record)
         self._pending_masses.append(mass)
         self._pending_entries += record.num_entries
@@ -100,7 +95,7 @@ class ShardWriter(ABC):
 
     def commit(self) -> ShardInfo:
         """Flush, close, rename to the final name, and describe the committed shard. A commit that fails removes
-        the temporary shard; the writer is then closed (a retry would commit only what was still pending)."""
+        the temporary shard and closes the writer."""
         self._check_open()
         with aborting(self):  # a shard that failed to commit leaves no temporary behind
             self._flush()

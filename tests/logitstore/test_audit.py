@@ -189,8 +189,31 @@ def test_writer_refuses_bad_audit_input(tmp_path, rng) -> None:
         writer.write(record)
     with pytest.raises(InvalidInputError, match=r"must be \[4, 120\].*got \(3, 120\)"):
         writer.write(record, audit_logprobs=np.zeros((3, V), np.float32))
-    writer.write(record, audit_logprobs=torch.log_softmax(logits, -1).numpy())  # nothing was half-written
-    assert writer.finish().audit.num_positions == 4
+    rows = torch.log_softmax(logits, -1)
+    for bad, match in [
+        (rows.bfloat16(), r"seq_id 0 must be a numpy array of floats, got Tensor .*\.detach\(\)\.float\(\)"),
+        (rows.requires_grad_(True), "seq_id 0 must be a numpy array of floats, got Tensor"),
+        (np.zeros((4, V), np.int64), "seq_id 0 must be floating-point log-softmax values, got dtype int64"),
+    ]:
+        with pytest.raises(InvalidInputError, match=match):
+            writer.write(record, audit_logprobs=bad)  # type: ignore[arg-type]
+    writer.write(record, audit_logprobs=rows.detach().numpy())  # nothing was half-written
+    manifest = writer.finish()
+    assert manifest.audit.num_positions == 4 and len(manifest.shards) == 1
+
+
+def test_an_audit_writer_refusing_rows_changes_nothing(tmp_path, rng) -> None:
+    """Rows that cannot be converted are refused before the writer's state moves: the next call's rows land on
+    their own (seq_id, position) pairs."""
+    (tmp_path / "audit").mkdir()
+    writer = AuditWriter(tmp_path, 0, V)
+    rows = torch.log_softmax(teacher_like_logits(rng, 2, V), -1)
+    with pytest.raises(InvalidInputError, match="audit rows of seq_id 1 must be a numpy array of floats"):
+        writer.write(1, np.array([0, 2]), rows.bfloat16())  # type: ignore[arg-type]
+    writer.write(1, np.array([0, 2]), rows.numpy())
+    assert writer.commit().num_positions == 2
+    table = pq.read_table(tmp_path / "audit" / "00000.parquet")
+    assert table.column("seq_id").to_pylist() == [1, 1] and table.column("position").to_pylist() == [0, 2]
 
 
 def test_overwriting_an_audited_dataset_without_an_audit_removes_the_sidecar(tmp_path, rng) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logitstore import COMPACT, LOSSLESS, DatasetWriter, Spec, open_dataset
+from logitstore import COMPACT, LOSSLESS, DatasetWriter, Record, Spec, open_dataset
 from logitstore.errors import InvalidInputError
 from logitstore.formats import WRITERS
 from logitstore.formats import base as formats_base
@@ -235,19 +235,30 @@ def test_a_bad_record_is_refused_when_written_and_loses_nothing(tmp_path, monkey
     naming it, and the writer takes the corrected record and finishes with everything written before."""
     monkeypatch.setattr(formats_base, "FLUSH_ENTRIES", 100)  # records pending across writes
     spec = Spec(method="topk", k=4)
-    records = [synthetic_record(spec, rng, seq_id=i, length=10, vocab_size=100) for i in range(4)]
-    with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend) as w:
-        w.write(records[0])
+    records = [synthetic_record(spec, rng, seq_id=i, length=10, vocab_size=100) for i in range(5)]
+
+    def refuse_bad_versions_of(record: Record) -> None:
+        where = f"seq_id={record.seq_id}"
         for bad, match in [
-            (dataclasses.replace(records[1], ids=records[1].ids + 100), r"seq_id=1: token ids must be in \[0, 100\)"),
-            (dataclasses.replace(records[1], nnz=records[1].nnz[:-1]), r"seq_id=1: nnz has shape \(9,\)"),
+            (dataclasses.replace(record, ids=record.ids + 100), rf"{where}: token ids must be in \[0, 100\)"),
+            (dataclasses.replace(record, nnz=record.nnz[:-1]), rf"{where}: nnz has shape \(9,\)"),
         ]:
             with pytest.raises(InvalidInputError, match=match):
                 w.write(bad)
-        for record in records[1:]:
-            w.write(record)
+
+    # shards of two records: bad records arrive while a shard is open and right after one was committed
+    with DatasetWriter(tmp_path / "ds", spec=spec, teacher=teacher(100), backend=backend, shard_entries=80) as w:
+        refuse_bad_versions_of(records[0])  # the very first record
+        w.write(records[0])
+        refuse_bad_versions_of(records[1])  # a shard is open
+        w.write(records[1])
+        refuse_bad_versions_of(records[2])  # the shard was just committed
+        w.write(records[2])
+        w.write(records[3])
+        refuse_bad_versions_of(records[4])  # and then the dataset is finished without it
     ds = open_dataset(tmp_path / "ds", verify=True)
-    assert len(ds) == 4 and all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records)
+    assert [s.num_sequences for s in ds.manifest.shards] == [2, 2]
+    assert all(ds[r.seq_id].equals(r, logprob_atol=spec.encoding.error_bound) for r in records[:4])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
