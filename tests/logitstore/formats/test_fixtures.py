@@ -1,0 +1,47 @@
+"""Datasets written by earlier releases (``tests/fixtures/datasets/<date>-<commit>/``, made by
+``tests/fixtures/make_datasets.py`` with that commit's code) read back as that release read them: Parquet list
+columns (2026-11-23), byte planes (2026-12-03) and format_version 2 (raw planes, nibbles); Zarr written by
+zarr-python (2026-11-23) and with 1 MiB Blosc blocks and bit-shuffled gaps (2026-12-04). logitstore's own Zarr
+writer of 64d7775 wrote the very files of 433bca0 (compared when the fixtures were made), so it has no era here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from logitstore import open_dataset
+from logitstore.verify import verify_dataset
+
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "datasets"
+DATASETS = sorted(p for p in FIXTURES.glob("*/*") if (p / "manifest.json").is_file())
+
+
+def test_every_era_and_backend_is_covered() -> None:
+    eras = {p.parent.name: sorted(d.name for d in DATASETS if d.parent == p.parent) for p in DATASETS}
+    assert eras == {
+        "2026-11-23-433bca0": ["parquet-sample", "parquet-topk", "zarr-sample", "zarr-topk"],
+        "2026-12-03-1608c96": ["parquet-sample", "parquet-topk"],
+        "2026-12-04-fce309e": ["parquet-sample", "parquet-topk", "zarr-sample", "zarr-topk"],
+    }
+
+
+@pytest.mark.parametrize("root", DATASETS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_a_dataset_of_an_earlier_release_reads_as_it_did(root: Path) -> None:
+    report = verify_dataset(root, deep=True)
+    assert report.ok, report
+    ds = open_dataset(root, verify=True)
+    expected = np.load(root / "expected.npz")
+    assert len(ds) == 5 and len(ds.manifest.shards) == 2
+    for i in range(len(ds)):
+        got = ds[i]
+        for field in ("seq_id", "key", "input_ids", "lse", "nnz", "ids", "logprobs", "counts"):
+            value = getattr(got, field)
+            name = f"{i}/{field}"
+            if value is None:
+                assert name not in expected.files, f"{name} was read before and is missing now"
+                continue
+            now = np.frombuffer(value, np.uint8) if field == "key" else np.asarray(value)
+            np.testing.assert_array_equal(now, expected[name], err_msg=name)
+        assert ds.get_by_key(got.key).seq_id == i
