@@ -90,7 +90,18 @@ def audit_rows(logprobs: Any, seq_id: int) -> np.ndarray:
         raise InvalidInputError(
             f"audit rows of seq_id {seq_id} must be floating-point log-softmax values, got dtype {rows.dtype}"
         )
-    return rows.astype(np.float16, copy=False)
+    with np.errstate(over="ignore"):  # below float16's range is a probability of 0 (-inf)
+        rows = rows.astype(np.float16)  # always a copy: a writer holds rows until a row group fills
+    if np.isnan(rows).any():
+        found = "NaN"
+    elif rows.size and float(rows.max()) > 1e-3:
+        found = f"a maximum of {float(rows.max())}"
+    else:
+        return rows
+    raise InvalidInputError(
+        f"audit rows of seq_id {seq_id} must be log-softmax values (<= 0, not NaN), found {found}; pass "
+        "torch.log_softmax(logits, -1) rows, not raw logits"
+    )
 
 
 class AuditWriter:
@@ -117,18 +128,18 @@ class AuditWriter:
     def write(self, seq_id: int, positions: np.ndarray, logprobs: np.ndarray) -> None:
         """Rows ``logprobs [n, V]`` (log-softmax, any float dtype) of ``positions [n]`` (ascending) of ``seq_id``."""
         self._check_open()
+        rows = audit_rows(logprobs, seq_id)  # a refused call changes nothing
         positions = np.asarray(positions, dtype=np.int64)
         n = len(positions)
-        if logprobs.shape != (n, self.vocab_size):
+        if rows.shape != (n, self.vocab_size):
             raise InvalidInputError(
                 f"audit rows of seq_id {seq_id} must be [{n}, {self.vocab_size}] (one full-vocabulary log-softmax "
-                f"row per audited position), got {tuple(logprobs.shape)}"
+                f"row per audited position), got {tuple(rows.shape)}"
             )
         if n == 0:
             return
         if (seq_id, int(positions[0])) <= self._last or (n > 1 and not np.all(np.diff(positions) > 0)):
             raise InvalidInputError(f"audit rows must arrive in (seq_id, position) order; seq_id {seq_id} did not")
-        rows = audit_rows(logprobs, seq_id)  # before any state changes: a refused call changes nothing
         self._last = (seq_id, int(positions[-1]))
         self._seq.append(np.full(n, seq_id, dtype=np.int64))
         self._pos.append(positions.astype(np.int32))

@@ -204,14 +204,21 @@ class DatasetWriter:
 
     def write(self, record: Record, *, audit_logprobs: np.ndarray | None = None) -> None:
         """Append ``record``; with an audit, ``audit_logprobs [n, V]`` are the log-softmax rows of the
-        ``n = len(self.audit_positions(record))`` audited positions (None when n is 0)."""
+        ``n = len(self.audit_positions(record))`` audited positions (None when n is 0).
+
+        A record or rows that are refused (:class:`InvalidInputError`, naming the problem) change nothing. The
+        record is validated here and kept by reference until its shard's next flush: do not modify its arrays
+        after this call (the sparsifier returns fresh ones each time); audit rows are copied."""
         if self.manifest is not None:
             raise InvalidInputError("this dataset is already finished; open a new DatasetWriter to write more")
         self._check_not_failed()
+        if not isinstance(record, Record):
+            raise InvalidInputError(f"DatasetWriter.write takes a logitstore.Record, got {type(record).__name__}")
         if record.seq_id != self._next_seq:
             raise InvalidInputError(
                 f"records must arrive in seq_id order: expected {self._next_seq}, got {record.seq_id}"
             )
+        mass = codec.check(record, self.spec, self.teacher.vocab_size)
         audited = self.audit_positions(record)
         given = None if audit_logprobs is None else audit_rows(audit_logprobs, record.seq_id)
         if given is None and len(audited):
@@ -227,7 +234,6 @@ class DatasetWriter:
                 f"audit_logprobs of seq_id={record.seq_id} must be [{len(audited)}, {self.teacher.vocab_size}] (one "
                 f"log-softmax row per audited position), got {tuple(given.shape)}"
             )
-        mass = codec.check(record, self.spec, self.teacher.vocab_size)
         rows = None
         if self.audit_fraction > 0:
             rows = np.zeros((0, self.teacher.vocab_size), np.float16) if given is None else given

@@ -127,7 +127,7 @@ def test_deep_verify_finds_rows_that_are_not_the_seeds_positions(tmp_path, rng) 
     mine = rows.seq_ids < first.num_sequences
     for name, seq_ids, positions, logprobs in [
         ("drop a row", rows.seq_ids[mine][1:], rows.positions[mine][1:], rows.logprobs[mine][1:]),
-        ("not normalized", rows.seq_ids[mine], rows.positions[mine], rows.logprobs[mine] + np.float16(0.5)),
+        ("not normalized", rows.seq_ids[mine], rows.positions[mine], rows.logprobs[mine] - np.float16(0.5)),
     ]:
         writer = AuditWriter(root, 0, V)
         for s in np.unique(seq_ids):
@@ -194,12 +194,32 @@ def test_writer_refuses_bad_audit_input(tmp_path, rng) -> None:
         (rows.bfloat16(), r"seq_id 0 must be a numpy array of floats, got Tensor .*\.detach\(\)\.float\(\)"),
         (rows.requires_grad_(True), "seq_id 0 must be a numpy array of floats, got Tensor"),
         (np.zeros((4, V), np.int64), "seq_id 0 must be floating-point log-softmax values, got dtype int64"),
+        (np.full((4, V), np.nan, np.float32), r"must be log-softmax values \(<= 0, not NaN\), found NaN"),
+        (rows.detach().numpy() + 5.0, r"found a maximum of 4\.\d+; pass torch.log_softmax"),
     ]:
         with pytest.raises(InvalidInputError, match=match):
             writer.write(record, audit_logprobs=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="DatasetWriter.write takes a logitstore.Record, got dict"):
+        writer.write(record.__dict__)  # type: ignore[arg-type]
     writer.write(record, audit_logprobs=rows.detach().numpy())  # nothing was half-written
     manifest = writer.finish()
     assert manifest.audit.num_positions == 4 and len(manifest.shards) == 1
+
+
+def test_audit_rows_are_copied_so_a_reused_buffer_changes_nothing_written(tmp_path, rng) -> None:
+    """A writer holds rows until a row group fills: float16 rows (which need no conversion) must be copied too."""
+    (tmp_path / "audit").mkdir()
+    writer = AuditWriter(tmp_path, 0, V)
+    buffer = np.empty((2, V), np.float16)
+    written = []
+    for seq_id in range(3):
+        buffer[...] = torch.log_softmax(teacher_like_logits(rng, 2, V), -1).numpy()
+        written.append(buffer.copy())
+        writer.write(seq_id, np.array([0, 1]), buffer)
+    writer.commit()
+    table = pq.read_table(tmp_path / "audit" / "00000.parquet")
+    stored = np.array(table.column("logprobs").to_pylist(), dtype=np.float16)
+    np.testing.assert_array_equal(stored, np.concatenate(written))
 
 
 def test_an_audit_writer_refusing_rows_changes_nothing(tmp_path, rng) -> None:
@@ -210,6 +230,8 @@ def test_an_audit_writer_refusing_rows_changes_nothing(tmp_path, rng) -> None:
     rows = torch.log_softmax(teacher_like_logits(rng, 2, V), -1)
     with pytest.raises(InvalidInputError, match="audit rows of seq_id 1 must be a numpy array of floats"):
         writer.write(1, np.array([0, 2]), rows.bfloat16())  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"audit rows of seq_id 1 must be \[2, 120\].*got \(2,\)"):
+        writer.write(1, np.array([0, 2]), [0.0, -1.0])  # type: ignore[arg-type]
     writer.write(1, np.array([0, 2]), rows.numpy())
     assert writer.commit().num_positions == 2
     table = pq.read_table(tmp_path / "audit" / "00000.parquet")
