@@ -33,7 +33,8 @@ def test_every_era_and_backend_is_covered() -> None:
     for d in DATASETS:  # the optional fields are there to be read back
         stored = {name.split("/")[1] for name in np.load(d / "expected.npz").files}
         assert ({"counts", "proposal_lse"} <= stored) == d.name.endswith("sample"), d
-        if d.name.endswith("topp-lossless") and d.parent.name != "2026-11-23-433bca0":  # fields since 2026-12-02 (7ee2e54)
+        # label_logprob and the logit stats exist since 7ee2e54 (2026-12-02)
+        if d.name.endswith("topp-lossless") and d.parent.name != "2026-11-23-433bca0":
             assert {"label_logprob", "logit_mean", "logit_std"} <= stored, d
 
 
