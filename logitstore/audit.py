@@ -126,9 +126,13 @@ class AuditWriter:
         self._done = False
 
     def write(self, seq_id: int, positions: np.ndarray, logprobs: np.ndarray) -> None:
-        """Rows ``logprobs [n, V]`` (log-softmax, any float dtype) of ``positions [n]`` (ascending) of ``seq_id``."""
+        """Rows ``logprobs [n, V]`` (log-softmax, any float dtype) of ``positions [n]`` (ascending) of ``seq_id``:
+        :func:`audit_rows`, then :meth:`append`. A refused call changes nothing."""
+        self.append(seq_id, positions, audit_rows(logprobs, seq_id))
+
+    def append(self, seq_id: int, positions: np.ndarray, rows: np.ndarray) -> None:
+        """Rows that :func:`audit_rows` made (float16, checked, this writer's own copy) of ``positions [n]``."""
         self._check_open()
-        rows = audit_rows(logprobs, seq_id)  # a refused call changes nothing
         positions = np.asarray(positions, dtype=np.int64)
         n = len(positions)
         if rows.shape != (n, self.vocab_size):

@@ -252,7 +252,7 @@ class DatasetWriter:
             if rows is not None:
                 if self._audit is None:
                     self._audit = AuditWriter(self.root, len(self.shards), self.teacher.vocab_size)
-                self._audit.write(record.seq_id, audited, rows)
+                self._audit.append(record.seq_id, audited, rows)  # rows: audit_rows' own copy
         self._next_seq += 1
         self._entries_in_shard += record.num_entries
         if self._entries_in_shard >= self.shard_entries:
